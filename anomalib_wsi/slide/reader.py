@@ -1,0 +1,302 @@
+"""Slide reading with openslide: resolution by mpp, level choice, uint8 RGB tiles.
+
+A :class:`Slide` is cheap to pickle: the openslide handle is opened lazily in each process (DataLoader workers
+get their own), never shared across a fork.
+
+Example:
+    >>> slide = Slide("tumor_001.tif")                     # doctest: +SKIP
+    >>> plan = slide.plan_read(target_mpp=0.5, tile_size_px=256)
+    >>> tile = slide.read_tile(1024, 2048, plan)            # (256, 256, 3) uint8
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import cv2
+import numpy as np
+
+from anomalib_wsi.errors import SlideOpenError, SlideReadError, SlideResolutionError, SlideTooSmallError
+
+__all__ = ["SLIDE_EXTENSIONS", "ReadPlan", "Slide", "list_slides"]
+
+#: File extensions taken as slides when a folder is given.
+SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
+
+
+@dataclass(frozen=True)
+class ReadPlan:
+    """How to read tiles of ``tile_size_px`` at ``target_mpp`` from one slide.
+
+    Attributes:
+        target_mpp: resolution given to the model (µm per pixel).
+        tile_size_px: side of the tile given to the model.
+        level: pyramid level read.
+        level_downsample: downsample of that level relative to level 0.
+        read_size_px: side of the region read at ``level``; equals ``tile_size_px`` when no resize is needed.
+        tile_size_lv0: side of the tile in level-0 pixels (float: it may not be whole).
+    """
+
+    target_mpp: float
+    tile_size_px: int
+    level: int
+    level_downsample: float
+    read_size_px: int
+    tile_size_lv0: float
+
+    @property
+    def needs_resize(self) -> bool:
+        """Whether the region read must be resized to the tile size."""
+        return self.read_size_px != self.tile_size_px
+
+
+def list_slides(inputs: list[str | Path] | str | Path) -> list[Path]:
+    """Expand files and folders into a sorted list of slide paths (folders: files with a slide extension)."""
+    if isinstance(inputs, str | Path):
+        inputs = [inputs]
+    paths: list[Path] = []
+    for item in inputs:
+        path = Path(item)
+        if path.is_dir():
+            paths.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS))
+        else:
+            paths.append(path)
+    return paths
+
+
+def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
+    """Composite an RGBA array over white; transparent (unscanned) background becomes white."""
+    if rgba.shape[-1] == 3:
+        return rgba
+    alpha = rgba[..., 3:4]
+    if alpha.min() == 255:
+        return np.ascontiguousarray(rgba[..., :3])
+    rgb = rgba[..., :3].astype(np.uint16) * alpha + 255 * (255 - alpha.astype(np.uint16))
+    return ((rgb + 127) // 255).astype(np.uint8)
+
+
+class Slide:
+    """One whole-slide image opened with openslide.
+
+    Args:
+        path: slide file.
+        mpp: level-0 resolution in µm per pixel; overrides the metadata. Required when the slide records none.
+        mpp_tolerance: relative tolerance when matching a pyramid level to a target mpp (0.1 = 10 %).
+
+    Raises:
+        SlideOpenError: openslide cannot open the file.
+    """
+
+    def __init__(self, path: str | Path, mpp: float | None = None, mpp_tolerance: float = 0.1) -> None:
+        self.path = Path(path)
+        self.slide_id = self.path.stem
+        self.mpp_tolerance = mpp_tolerance
+        self._mpp_override = mpp
+        self._handle: Any = None
+        self._pid = -1
+        if mpp is not None and not mpp > 0:
+            msg = f"{self.path}: slide mpp must be a positive number of µm per pixel, got {mpp}"
+            raise SlideResolutionError(msg)
+        handle = self.handle  # opens now, so a bad file fails at construction
+        self.dimensions: tuple[int, int] = tuple(handle.dimensions)  # type: ignore[assignment]
+        self.level_count: int = handle.level_count
+        self.level_dimensions: list[tuple[int, int]] = [tuple(d) for d in handle.level_dimensions]  # type: ignore[misc]
+        self.level_downsamples: list[float] = [float(d) for d in handle.level_downsamples]
+        self.properties: dict[str, str] = dict(handle.properties)
+        self.vendor: str = self.properties.get("openslide.vendor", "unknown")
+
+    # -- handle management -----------------------------------------------------------------------------------
+    @property
+    def handle(self) -> Any:
+        """The openslide handle of this process, opened on first use (one per process, fork-safe)."""
+        if self._handle is None or self._pid != os.getpid():
+            import openslide
+
+            if not self.path.exists():
+                msg = f"{self.path}: no such file; check the path"
+                raise SlideOpenError(msg)
+            try:
+                self._handle = openslide.OpenSlide(str(self.path))
+            except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError, OSError) as err:
+                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                msg = (
+                    f"{self.path}: openslide cannot open this file ({reason}); "
+                    "check that it is a complete whole-slide image (.svs, .tif, .ndpi, .mrxs, ...)"
+                )
+                raise SlideOpenError(msg) from None
+            self._pid = os.getpid()
+        return self._handle
+
+    def close(self) -> None:
+        """Close the handle of this process (it reopens on next use)."""
+        if self._handle is not None and self._pid == os.getpid():
+            self._handle.close()
+        self._handle = None
+
+    def __getstate__(self) -> dict[str, Any]:
+        state = self.__dict__.copy()
+        state["_handle"] = None
+        state["_pid"] = -1
+        return state
+
+    def __enter__(self) -> Slide:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+    def __repr__(self) -> str:
+        mpp = self._mpp_override if self._mpp_override is not None else self._metadata_mpp()
+        return f"Slide({str(self.path)!r}, {self.dimensions[0]}x{self.dimensions[1]}, levels={self.level_count}, mpp={mpp})"
+
+    # -- resolution --------------------------------------------------------------------------------------------
+    def _metadata_mpp(self) -> float | None:
+        values = []
+        for key in ("openslide.mpp-x", "openslide.mpp-y"):
+            try:
+                value = float(self.properties.get(key, "nan"))
+            except ValueError:
+                value = math.nan
+            if math.isfinite(value) and value > 0:
+                values.append(value)
+        return sum(values) / len(values) if values else None
+
+    @property
+    def has_mpp(self) -> bool:
+        """Whether the resolution is known (metadata or override)."""
+        return self._mpp_override is not None or self._metadata_mpp() is not None
+
+    @property
+    def mpp(self) -> float:
+        """Level-0 resolution in µm per pixel.
+
+        Raises:
+            SlideResolutionError: the slide records none and none was given; never guessed.
+        """
+        if self._mpp_override is not None:
+            return float(self._mpp_override)
+        mpp = self._metadata_mpp()
+        if mpp is None:
+            msg = (
+                f"{self.path}: the slide records no resolution (openslide.mpp-x); "
+                "pass it with --slide-mpp MPP (Python: slide_mpp=MPP), e.g. 0.25 for 40x or 0.5 for 20x"
+            )
+            raise SlideResolutionError(msg)
+        return mpp
+
+    def level_mpp(self, level: int) -> float:
+        """Resolution of a pyramid level in µm per pixel."""
+        return self.mpp * self.level_downsamples[level]
+
+    def best_level_for_mpp(self, target_mpp: float) -> int:
+        """The level to read for ``target_mpp``: a level within tolerance if any, else the nearest finer level.
+
+        Raises:
+            SlideResolutionError: the target is finer than level 0 (beyond the tolerance).
+        """
+        tol = self.mpp_tolerance
+        if target_mpp < self.mpp * (1 - tol):
+            msg = (
+                f"{self.path}: target resolution {target_mpp:g} µm/px is finer than the slide's level 0 "
+                f"({self.mpp:g} µm/px); choose --mpp {self.mpp:.3g} or coarser"
+            )
+            raise SlideResolutionError(msg)
+        matching = [lv for lv in range(self.level_count) if abs(self.level_mpp(lv) / target_mpp - 1) <= tol]
+        if matching:
+            return min(matching, key=lambda lv: abs(self.level_mpp(lv) / target_mpp - 1))
+        finer = [lv for lv in range(self.level_count) if self.level_mpp(lv) <= target_mpp]
+        return max(finer, key=self.level_mpp) if finer else 0
+
+    def plan_read(self, target_mpp: float, tile_size_px: int) -> ReadPlan:
+        """Choose the level and read size for tiles of ``tile_size_px`` at ``target_mpp``.
+
+        Raises:
+            SlideResolutionError: unknown mpp, or a target finer than the slide offers.
+            SlideTooSmallError: no tile fits in the slide.
+        """
+        if tile_size_px <= 0 or target_mpp <= 0:
+            msg = f"tile size and mpp must be positive, got tile_size_px={tile_size_px}, mpp={target_mpp}"
+            raise ValueError(msg)
+        level = self.best_level_for_mpp(target_mpp)
+        level_mpp = self.level_mpp(level)
+        if abs(level_mpp / target_mpp - 1) <= self.mpp_tolerance:
+            read_size = tile_size_px
+        else:
+            read_size = max(1, round(tile_size_px * target_mpp / level_mpp))
+        tile_size_lv0 = tile_size_px * target_mpp / self.mpp
+        if abs(level_mpp / target_mpp - 1) <= self.mpp_tolerance:
+            tile_size_lv0 = tile_size_px * self.level_downsamples[level]
+        width, height = self.dimensions
+        if tile_size_lv0 > width or tile_size_lv0 > height:
+            msg = (
+                f"{self.path}: slide is {width}x{height} px, smaller than one {tile_size_px} px tile at "
+                f"{target_mpp:g} µm/px ({tile_size_lv0:.0f} px at level 0); use a smaller --tile-size or a finer --mpp"
+            )
+            raise SlideTooSmallError(msg)
+        return ReadPlan(
+            target_mpp=float(target_mpp),
+            tile_size_px=int(tile_size_px),
+            level=level,
+            level_downsample=self.level_downsamples[level],
+            read_size_px=int(read_size),
+            tile_size_lv0=float(tile_size_lv0),
+        )
+
+    # -- pixels ------------------------------------------------------------------------------------------------
+    def read_region(self, x: int, y: int, level: int, size: tuple[int, int]) -> np.ndarray:
+        """Read a region as uint8 RGB (H, W, 3); (x, y) in level-0 pixels, ``size`` (w, h) at ``level``.
+
+        Raises:
+            SlideReadError: openslide fails to decode the pixels.
+        """
+        import openslide
+
+        try:
+            region = self.handle.read_region((int(x), int(y)), int(level), (int(size[0]), int(size[1])))
+        except (openslide.OpenSlideError, OSError, ValueError) as err:
+            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            msg = f"{self.path}: cannot read pixels at ({x}, {y}) level {level} ({reason}); the file may be corrupt"
+            raise SlideReadError(msg) from None
+        return _rgba_to_rgb(np.asarray(region))
+
+    def read_tile(self, x: int, y: int, plan: ReadPlan) -> np.ndarray:
+        """Read one tile at level-0 (x, y) as uint8 RGB of ``plan.tile_size_px`` (resized when the level is finer)."""
+        tile = self.read_region(x, y, plan.level, (plan.read_size_px, plan.read_size_px))
+        if plan.needs_resize:
+            tile = cv2.resize(tile, (plan.tile_size_px, plan.tile_size_px), interpolation=cv2.INTER_AREA)
+        return tile
+
+    def read_thumbnail(self, target_mpp: float | None = None, max_side: int = 4096) -> tuple[np.ndarray, float]:
+        """Read the whole slide at a low resolution, never from level 0 unless it is the only small-enough level.
+
+        Args:
+            target_mpp: wanted resolution in µm/px; when None (or the mpp is unknown) the thumbnail fits ``max_side``.
+            max_side: upper bound on the longer side of the result.
+
+        Returns:
+            The uint8 RGB image and its downsample relative to level 0 (level-0 px = image px * downsample).
+        """
+        width, height = self.dimensions
+        downsample = max(width, height) / max_side
+        if target_mpp is not None and self.has_mpp:
+            downsample = max(downsample, target_mpp / self.mpp)
+        downsample = max(downsample, 1.0)
+        out_w, out_h = max(1, round(width / downsample)), max(1, round(height / downsample))
+        level = self.handle.get_best_level_for_downsample(downsample)
+        level_ds = self.level_downsamples[level]
+        level_w, level_h = self.level_dimensions[level]
+        # read in horizontal stripes so a large level never sits in memory whole
+        stripe_h = max(1, min(level_h, (64 << 20) // max(1, level_w * 4)))
+        pieces = []
+        for top in range(0, level_h, stripe_h):
+            h = min(stripe_h, level_h - top)
+            part = self.read_region(0, round(top * level_ds), level, (level_w, h))
+            top_out, bottom_out = round(top * out_h / level_h), round((top + h) * out_h / level_h)
+            if bottom_out > top_out:
+                pieces.append(cv2.resize(part, (out_w, bottom_out - top_out), interpolation=cv2.INTER_AREA))
+        image = np.concatenate(pieces, axis=0) if pieces else np.full((out_h, out_w, 3), 255, np.uint8)
+        return image, width / out_w
