@@ -51,7 +51,9 @@ def _predict_parser() -> ArgumentParser:
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument("--num-workers", type=int, default=2)
     p.add_argument("--precision", default="32", help="32, bf16 or 16 (autocast on GPU)")
-    p.add_argument("--stride", type=int, default=None, help="step between tiles at the model's mpp (default: tile size)")
+    p.add_argument(
+        "--stride", type=int, default=None, help="step between tiles at the model's mpp (default: tile size)"
+    )
     p.add_argument("--slide-mpp", type=float, default=None, help="level-0 mpp for slides that record none")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threshold", type=float, default=None, help="lesion threshold on normalised scores (0-1)")

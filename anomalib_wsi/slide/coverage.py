@@ -38,8 +38,11 @@ def mask_coverage(
 
     def area(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
         """Covered mask area in [x0, x1) x [y0, y1) with fractional bounds, by bilinear reading of the integral."""
-        return _integral_at(integral, x1, y1) - _integral_at(integral, x0, y1) - _integral_at(integral, x1, y0) + (
-            _integral_at(integral, x0, y0)
+        return (
+            _integral_at(integral, x1, y1)
+            - _integral_at(integral, x0, y1)
+            - _integral_at(integral, x1, y0)
+            + (_integral_at(integral, x0, y0))
         )
 
     x0 = np.clip(xs, 0, width)

@@ -1,0 +1,431 @@
+"""``WSIDataModule``: slides -> tissue tiles -> labelled tiles -> anomalib train/val/test sets.
+
+The data module tiles every slide (tables cached with their parameters), labels tiles from Camelyon16 ASAP XML or
+QuPath GeoJSON annotations, splits by slide (seeded, no slide in two splits, the split written to ``split.csv``)
+and samples training tiles as He & Li (MIDL 2023) did: up to ``normal_tiles_per_slide`` normal tiles from every
+training slide and up to ``tumour_tiles_per_slide`` tumour tiles from each tumour slide.
+"""
+
+from __future__ import annotations
+
+import logging
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+from anomalib.data.datamodules.base.image import AnomalibDataModule
+from torchvision.transforms.v2 import Transform
+from tqdm.auto import tqdm
+
+from anomalib_wsi.data.dataset import WSITileDataset
+from anomalib_wsi.errors import WSIError
+from anomalib_wsi.slide.reader import SLIDE_EXTENSIONS, Slide, list_slides
+
+__all__ = ["ANNOTATION_EXTENSIONS", "SlideRecord", "WSIDataModule", "assign_splits", "read_manifest"]
+
+logger = logging.getLogger(__name__)
+
+#: Annotation files matched to slides by stem, in this order of preference.
+ANNOTATION_EXTENSIONS = (".xml", ".geojson", ".json")
+
+_SPLITS = ("train", "val", "test")
+
+
+@dataclass
+class SlideRecord:
+    """One slide of a cohort: where it is, its annotations, its label and split."""
+
+    slide_path: Path
+    annotation_path: Path | None = None
+    split: str | None = None
+    label: int | None = None
+    mpp: float | None = None
+
+    @property
+    def slide_id(self) -> str:
+        """The slide's file stem."""
+        return self.slide_path.stem
+
+
+def _parse_label(value: Any, source: Path) -> int | None:
+    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
+        return None
+    text = str(value).strip().lower()
+    if text in {"1", "tumor", "tumour", "tumor_tissue", "tumour_tissue", "anomalous", "abnormal"}:
+        return 1
+    if text in {"0", "normal", "normal_tissue", "good"}:
+        return 0
+    msg = f"{source}: unknown slide label {value!r}; use tumor/normal or 1/0"
+    raise WSIError(msg)
+
+
+def find_annotation(annotation_dir: Path | None, slide_id: str) -> Path | None:
+    """The annotation file of a slide in ``annotation_dir`` (``<stem>.xml``, ``.geojson`` or ``.json``), if any."""
+    if annotation_dir is None:
+        return None
+    for ext in ANNOTATION_EXTENSIONS:
+        candidate = annotation_dir / f"{slide_id}{ext}"
+        if candidate.is_file():
+            return candidate
+    return None
+
+
+def read_manifest(path: str | Path, annotation_dir: Path | None = None) -> list[SlideRecord]:
+    """Read a CSV manifest ``slide_path[, annotation_path, split, label, mpp]`` (relative paths: from the CSV).
+
+    Raises:
+        WSIError: missing ``slide_path`` column, a listed file that does not exist, or an unknown split/label.
+    """
+    path = Path(path)
+    try:
+        table = pd.read_csv(path)
+    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
+        msg = f"{path}: not a readable CSV manifest ({str(err).splitlines()[0]}); expected columns slide_path,..."
+        raise WSIError(msg) from None
+    if "slide_path" not in table.columns:
+        msg = f"{path}: manifest needs a 'slide_path' column (optional: annotation_path, split, label, mpp)"
+        raise WSIError(msg)
+    records = []
+    for row in table.itertuples(index=False):
+        slide_path = Path(str(row.slide_path))
+        slide_path = slide_path if slide_path.is_absolute() else path.parent / slide_path
+        annotation = getattr(row, "annotation_path", None)
+        if isinstance(annotation, str) and annotation.strip():
+            annotation_path: Path | None = Path(annotation)
+            if not annotation_path.is_absolute():  # type: ignore[union-attr]
+                annotation_path = path.parent / annotation_path  # type: ignore[operator]
+            if not annotation_path.exists():  # type: ignore[union-attr]
+                msg = f"{path}: annotation file {annotation_path} listed for {slide_path.name} does not exist"
+                raise WSIError(msg)
+        else:
+            annotation_path = find_annotation(annotation_dir, slide_path.stem)
+        split = getattr(row, "split", None)
+        split = str(split).strip().lower() if isinstance(split, str) and split.strip() else None
+        if split is not None and split not in _SPLITS:
+            msg = f"{path}: split {split!r} for {slide_path.name} is not one of train/val/test"
+            raise WSIError(msg)
+        mpp = getattr(row, "mpp", None)
+        mpp = float(mpp) if mpp is not None and pd.notna(mpp) else None
+        records.append(
+            SlideRecord(slide_path, annotation_path, split, _parse_label(getattr(row, "label", None), path), mpp)
+        )
+    return records
+
+
+def assign_splits(records: list[SlideRecord], val_ratio: float, test_ratio: float, seed: int) -> list[SlideRecord]:
+    """Split slides into train/val/test, stratified by slide label, keeping splits already given.
+
+    Every split gets at least one slide when there are three or more; tumour slides are spread over the splits
+    in the same proportions as normal slides. Deterministic for a seed.
+    """
+    rng = np.random.default_rng(seed)
+    todo = [r for r in records if r.split is None]
+    for label in (1, 0, None):
+        group = [r for r in todo if r.label == label]
+        order = rng.permutation(len(group))
+        n = len(group)
+        n_test = round(n * test_ratio)
+        n_val = round(n * val_ratio)
+        for rank, index in enumerate(order):
+            group[index].split = "test" if rank < n_test else "val" if rank < n_test + n_val else "train"
+    # with three or more slides make sure no split is empty (take from the largest)
+    if len(records) >= 3:
+        for split in _SPLITS:
+            if not any(r.split == split for r in records):
+                counts = {s: [r for r in todo if r.split == s] for s in _SPLITS}
+                donor = max(counts, key=lambda s: len(counts[s]))
+                if len(counts[donor]) > 1:
+                    counts[donor][-1].split = split
+    return records
+
+
+class WSIDataModule(AnomalibDataModule):
+    """Whole-slide images as an anomalib data module (tiles read lazily in DataLoader workers).
+
+    Args:
+        root: a cohort folder (with ``slides/`` and optionally ``annotations/`` and ``labels.csv``, as written by
+            ``anomalib-wsi synth``), a folder of slides, or a CSV manifest
+            (``slide_path, annotation_path, split, label, mpp``; all but the first optional).
+        annotations: folder of annotation files matched to slides by stem (``.xml`` ASAP, ``.geojson``/``.json``
+            QuPath). Default: ``<root>/annotations`` when it exists.
+        mpp: resolution of the tiles in µm per pixel (0.25 ≈ Camelyon16 level 0, 40x).
+        tile_size_px: tile side given to the model.
+        stride_px: step between tiles at ``mpp`` (default: the tile size).
+        min_tissue: minimum tissue fraction of a tile.
+        tumour_threshold: tumour fraction from which a tile is labelled tumour (between 0 and it: ignored).
+        normal_tiles_per_slide: normal tiles sampled per training slide (paper: 500).
+        tumour_tiles_per_slide: tumour tiles sampled per training tumour slide (paper: about 122).
+        eval_tiles_per_slide: cap on labelled tiles per validation/test slide (None: all), tumour tiles first.
+        normal_only: train on normal tiles only (plain reverse distillation).
+        normal_slides: an extra folder of normal slides whose tiles join the training set as normal tiles.
+        val_ratio: fraction of slides for validation (when the manifest gives no split).
+        test_ratio: fraction of slides for testing.
+        slide_mpp: level-0 mpp for slides that record none (a manifest ``mpp`` column wins).
+        cache_dir: where tile tables and ``split.csv`` go (default ``<root>/tile_cache``).
+        synthesize_if_missing: when ``root`` does not exist, write the synthetic demo cohort there first
+            (in ``prepare_data``), the way anomalib's data modules download theirs.
+        synthetic_slides: number of slides of that cohort.
+        synthetic_size_px: slide side of that cohort in level-0 pixels.
+        train_batch_size: training batch size.
+        eval_batch_size: validation/test batch size.
+        num_workers: DataLoader workers (each opens its own slide handles).
+        train_augmentations: augmentations of training tiles.
+        val_augmentations: augmentations of validation tiles.
+        test_augmentations: augmentations of test tiles.
+        augmentations: augmentations for every split without its own.
+        seed: seed of the split and the tile sampling.
+
+    Example:
+        >>> from anomalib_wsi import WSIDataModule                       # doctest: +SKIP
+        >>> datamodule = WSIDataModule(root="cohort", mpp=0.5, tile_size_px=256)
+        >>> datamodule.setup(); len(datamodule.train_data)
+    """
+
+    def __init__(
+        self,
+        root: str | Path = "./datasets/wsi",
+        annotations: str | Path | None = None,
+        mpp: float = 0.5,
+        tile_size_px: int = 256,
+        stride_px: int | None = None,
+        min_tissue: float = 0.5,
+        tumour_threshold: float = 0.5,
+        normal_tiles_per_slide: int = 500,
+        tumour_tiles_per_slide: int = 122,
+        eval_tiles_per_slide: int | None = 500,
+        normal_only: bool = False,
+        normal_slides: str | Path | None = None,
+        val_ratio: float = 0.2,
+        test_ratio: float = 0.2,
+        slide_mpp: float | None = None,
+        cache_dir: str | Path | None = None,
+        synthesize_if_missing: bool = False,
+        synthetic_slides: int = 8,
+        synthetic_size_px: int = 4096,
+        train_batch_size: int = 32,
+        eval_batch_size: int = 32,
+        num_workers: int = 2,
+        train_augmentations: Transform | None = None,
+        val_augmentations: Transform | None = None,
+        test_augmentations: Transform | None = None,
+        augmentations: Transform | None = None,
+        seed: int = 0,
+    ) -> None:
+        super().__init__(
+            train_batch_size=train_batch_size,
+            eval_batch_size=eval_batch_size,
+            num_workers=num_workers,
+            train_augmentations=train_augmentations,
+            val_augmentations=val_augmentations,
+            test_augmentations=test_augmentations,
+            augmentations=augmentations,
+            val_split_mode="none",
+            test_split_mode="none",
+            seed=seed,
+        )
+        if not 0 <= val_ratio < 1 or not 0 <= test_ratio < 1 or val_ratio + test_ratio >= 1:
+            msg = f"val_ratio ({val_ratio}) and test_ratio ({test_ratio}) must be in [0, 1) and sum below 1"
+            raise ValueError(msg)
+        if not 0 < tumour_threshold <= 1:
+            msg = f"tumour_threshold must be in (0, 1], got {tumour_threshold}"
+            raise ValueError(msg)
+        # stored in checkpoints, so prediction reuses the training resolution and tile size
+        self.save_hyperparameters(
+            ignore=["train_augmentations", "val_augmentations", "test_augmentations", "augmentations"]
+        )
+        self.root = Path(root)
+        self.annotations = Path(annotations) if annotations is not None else None
+        self.mpp = float(mpp)
+        self.tile_size_px = int(tile_size_px)
+        self.stride_px = stride_px
+        self.min_tissue = float(min_tissue)
+        self.tumour_threshold = float(tumour_threshold)
+        self.normal_tiles_per_slide = int(normal_tiles_per_slide)
+        self.tumour_tiles_per_slide = int(tumour_tiles_per_slide)
+        self.eval_tiles_per_slide = eval_tiles_per_slide
+        self.normal_only = normal_only
+        self.normal_slides = Path(normal_slides) if normal_slides is not None else None
+        self.val_ratio = val_ratio
+        self.test_ratio = test_ratio
+        self.slide_mpp = slide_mpp
+        self.cache_dir = Path(cache_dir) if cache_dir is not None else None
+        self.synthesize_if_missing = synthesize_if_missing
+        self.synthetic_slides = synthetic_slides
+        self.synthetic_size_px = synthetic_size_px
+        self.records: list[SlideRecord] = []
+        self.tile_tables: dict[str, pd.DataFrame] = {}
+        self._category = self.root.name
+
+    # -- data preparation --------------------------------------------------------------------------------------
+    def prepare_data(self) -> None:
+        """Write the synthetic demo cohort into ``root`` when it is missing and ``synthesize_if_missing`` is set."""
+        if self.root.exists() or not self.synthesize_if_missing:
+            return
+        from anomalib_wsi.data.synthetic import synthesize_cohort
+
+        logger.info("%s is missing: writing the synthetic demo cohort there", self.root)
+        synthesize_cohort(
+            self.root, n_slides=self.synthetic_slides, seed=self.seed or 0, size_px=self.synthetic_size_px
+        )
+
+    @property
+    def tile_cache_dir(self) -> Path:
+        """Folder of the cached tile tables and ``split.csv``."""
+        if self.cache_dir is not None:
+            return self.cache_dir
+        base = self.root if self.root.is_dir() else self.root.parent
+        return base / "tile_cache"
+
+    def discover(self) -> list[SlideRecord]:
+        """The cohort's slides with their annotation files, labels and (given or drawn) splits.
+
+        Raises:
+            WSIError: ``root`` or ``annotations`` does not exist, or no slide is found.
+        """
+        root = self.root
+        if not root.exists():
+            hint = " (or set data.synthesize_if_missing: true for the synthetic demo cohort)"
+            msg = f"{root}: slide folder or manifest does not exist; set data.root to your slides{hint}"
+            raise WSIError(msg)
+        annotation_dir = self.annotations
+        if annotation_dir is not None and not annotation_dir.is_dir():
+            msg = f"{annotation_dir}: annotation folder does not exist; fix data.annotations or leave it empty"
+            raise WSIError(msg)
+        labels: dict[str, int] = {}
+        if root.is_file():
+            records = read_manifest(root, annotation_dir)
+        else:
+            slide_dir = root / "slides" if (root / "slides").is_dir() else root
+            if annotation_dir is None and (root / "annotations").is_dir():
+                annotation_dir = root / "annotations"
+            if (root / "labels.csv").is_file():
+                table = pd.read_csv(root / "labels.csv")
+                if {"slide_id", "label"} <= set(table.columns):
+                    labels = {
+                        str(s): lab
+                        for s, v in zip(table.slide_id, table.label, strict=True)
+                        if (lab := _parse_label(v, root / "labels.csv")) is not None
+                    }
+            records = [
+                SlideRecord(path, find_annotation(annotation_dir, path.stem), None, labels.get(path.stem))
+                for path in list_slides(slide_dir)
+            ]
+        if not records:
+            msg = (
+                f"{root}: no slides found (looked for {', '.join(SLIDE_EXTENSIONS[:5])}, ...); point data.root at them"
+            )
+            raise WSIError(msg)
+        for record in records:
+            if record.label is None:
+                record.label = 1 if record.annotation_path is not None else 0
+            if record.label == 1 and record.annotation_path is None:
+                logger.warning("%s: tumour slide without annotations; its tiles are not labelled", record.slide_path)
+        return assign_splits(records, self.val_ratio, self.test_ratio, self.seed or 0)
+
+    def _write_split(self, records: list[SlideRecord]) -> Path:
+        path = self.tile_cache_dir / "split.csv"
+        path.parent.mkdir(parents=True, exist_ok=True)
+        table = pd.DataFrame(
+            {
+                "slide_id": [r.slide_id for r in records],
+                "slide_path": [str(r.slide_path) for r in records],
+                "annotation_path": [str(r.annotation_path) if r.annotation_path else "" for r in records],
+                "label": [r.label for r in records],
+                "split": [r.split for r in records],
+            }
+        )
+        tmp = path.with_suffix(".csv.tmp")
+        table.to_csv(tmp, index=False)
+        tmp.replace(path)
+        return path
+
+    def tile_table(self, record: SlideRecord) -> pd.DataFrame:
+        """The labelled tile table of one slide (tiles cached; labels from its annotations)."""
+        from anomalib_wsi.annotations.labels import label_tiles
+        from anomalib_wsi.slide.tiling import TilingConfig, load_or_tile
+
+        from anomalib_wsi.annotations import read_annotations
+
+        config = TilingConfig(
+            mpp=self.mpp, tile_size_px=self.tile_size_px, stride_px=self.stride_px, min_tissue=self.min_tissue
+        )
+        mpp = record.mpp if record.mpp is not None else self.slide_mpp
+        table, _ = load_or_tile(record.slide_path, config, self.tile_cache_dir / record.slide_id, slide_mpp=mpp)
+        annotations = read_annotations(record.annotation_path) if record.annotation_path else None
+        slide = Slide(record.slide_path, mpp=mpp)
+        table = label_tiles(table, annotations, slide=slide, threshold=self.tumour_threshold)
+        table["slide_path"] = str(record.slide_path)
+        table["annotation_path"] = str(record.annotation_path) if record.annotation_path else ""
+        table["slide_mpp"] = mpp if mpp is not None else np.nan
+        table["split"] = record.split
+        slide.close()
+        return table
+
+    def _sample_train(self, table: pd.DataFrame, rng: np.random.Generator, tumour_slide: bool) -> pd.DataFrame:
+        normal = table[table.label == 0]
+        parts = [normal.iloc[rng.permutation(len(normal))[: self.normal_tiles_per_slide]]]
+        if tumour_slide and not self.normal_only:
+            tumour = table[table.label == 1]
+            parts.append(tumour.iloc[rng.permutation(len(tumour))[: self.tumour_tiles_per_slide]])
+        return pd.concat(parts)
+
+    def _sample_eval(self, table: pd.DataFrame, rng: np.random.Generator) -> pd.DataFrame:
+        table = table[table.label >= 0]
+        cap = self.eval_tiles_per_slide
+        if cap is None or len(table) <= cap:
+            return table
+        tumour, normal = table[table.label == 1], table[table.label == 0]
+        n_tumour = min(len(tumour), cap // 2)
+        return pd.concat(
+            [
+                tumour.iloc[rng.permutation(len(tumour))[:n_tumour]],
+                normal.iloc[rng.permutation(len(normal))[: cap - n_tumour]],
+            ]
+        )
+
+    def _setup(self, _stage: str | None = None) -> None:
+        self.records = self.discover()
+        split_path = self._write_split(self.records)
+        logger.info(
+            "%d slides (%s); split written to %s",
+            len(self.records),
+            ", ".join(f"{s}: {sum(r.split == s for r in self.records)}" for s in _SPLITS),
+            split_path,
+        )
+        extra = []
+        if self.normal_slides is not None:
+            if not self.normal_slides.exists():
+                msg = f"{self.normal_slides}: normal slide folder does not exist; fix data.normal_slides"
+                raise WSIError(msg)
+            extra = [SlideRecord(p, None, "train", 0) for p in list_slides(self.normal_slides)]
+        rng = np.random.default_rng(self.seed or 0)
+        parts: dict[str, list[pd.DataFrame]] = {s: [] for s in _SPLITS}
+        for record in tqdm(self.records + extra, desc="tiling slides", unit="slide", leave=False):
+            table = self.tile_table(record)
+            self.tile_tables[record.slide_id] = table
+            if record.split == "train":
+                parts["train"].append(self._sample_train(table, rng, record.label == 1))
+            else:
+                parts[str(record.split)].append(self._sample_eval(table, rng))
+        frames = {s: pd.concat(p, ignore_index=True) if p else pd.DataFrame() for s, p in parts.items()}
+        if frames["train"].empty:
+            msg = f"{self.root}: no training tiles (check min_tissue={self.min_tissue}, mpp={self.mpp}, the split)"
+            raise WSIError(msg)
+        for split, frame in frames.items():
+            if not frame.empty:
+                frame["label_index"] = frame["label"].astype(int)
+                frame["split"] = split
+        self.train_data = WSITileDataset(frames["train"], self.mpp, with_masks=False)
+        for split in ("val", "test"):
+            frame = frames[split] if not frames[split].empty else frames["train"].iloc[:0]
+            setattr(self, f"{split}_data", WSITileDataset(frame, self.mpp, with_masks=True))
+        counts = frames["train"]["label_index"].value_counts().to_dict()
+        logger.info(
+            "training tiles: %d normal, %d tumour; validation %d, test %d",
+            counts.get(0, 0),
+            counts.get(1, 0),
+            len(self.val_data),
+            len(self.test_data),
+        )
