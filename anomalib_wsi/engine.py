@@ -1,0 +1,742 @@
+"""``WSIEngine``: anomalib's Engine plus slide-level prediction.
+
+``WSIEngine().predict(model=..., ckpt_path=..., slides=[...], output_dir=...)`` tiles each slide, streams the
+tiles of all slides through one DataLoader (workers hold their own slide handles and hand uint8 tensors over;
+conversion and normalisation happen on the model's device), stitches tile scores into slide heatmaps and lets
+the model's :class:`~anomalib_wsi.post_processing.WSIPostProcessor` turn them into lesions, detection points
+and a slide score. Without ``slides`` it behaves as anomalib's ``Engine.predict``.
+
+Per slide it writes (atomically) ``heatmap.npy``, ``heatmap.png``, ``lesions.geojson``, ``detections.csv`` and
+``summary.json`` into ``<output_dir>/<slide_id>/``; for the run ``summary.csv`` and ``failures.csv``. A slide
+whose ``summary.json`` holds the same fingerprint (checkpoint and settings) is skipped (resume); a slide that
+fails is recorded and the others go on.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import hashlib
+import json
+import logging
+import math
+import os
+import time
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from anomalib.engine import Engine
+from torch.utils.data import DataLoader, Dataset
+from tqdm.auto import tqdm
+
+from anomalib_wsi.errors import WSIError
+from anomalib_wsi.slide.reader import ReadPlan, Slide, list_slides
+
+__all__ = ["PredictionSettings", "SlidePrediction", "WSIEngine", "predict_command"]
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True)
+class PredictionSettings:
+    """What decides a slide's outputs besides the checkpoint (part of the resume fingerprint).
+
+    Attributes:
+        mpp: tile resolution in µm/px (default: the training data's, from the checkpoint).
+        tile_size_px: tile side (default: the training data's).
+        stride_px: step between tiles at ``mpp`` (None: the tile size).
+        min_tissue: minimum tissue fraction of a tile.
+        slide_mpp: level-0 mpp for slides that record none.
+        precision: "32", "bf16" or "16" (autocast).
+    """
+
+    mpp: float = 0.5
+    tile_size_px: int = 256
+    stride_px: int | None = None
+    min_tissue: float = 0.25
+    slide_mpp: float | None = None
+    precision: str = "32"
+
+    def __post_init__(self) -> None:
+        if self.precision not in {"32", "bf16", "16", "bf16-mixed", "16-mixed", "32-true"}:
+            msg = f"precision must be 32, bf16 or 16, got {self.precision!r}"
+            raise WSIError(msg)
+        if self.stride_px is not None and self.stride_px <= 0:
+            msg = f"stride must be a positive number of pixels, got {self.stride_px}"
+            raise WSIError(msg)
+
+
+@dataclass
+class SlidePrediction:
+    """The prediction of one slide (what ``WSIEngine.predict`` returns, one per slide).
+
+    Attributes:
+        slide_id: slide file stem.
+        slide_path: slide file.
+        slide_score: slide-level score (normalised, 0.5 = the learnt threshold).
+        heatmap: normalised heatmap (``values`` (H, W) float32, NaN off tissue) with its ``downsample``.
+        lesions: lesion polygons in level-0 px with ``max_score``, ``mean_score``, ``area_um2``.
+        detections: (N, 3) ``confidence, x, y`` points for the Camelyon16 FROC (level-0 px).
+        paths: files written, by name (``heatmap_npy``, ``heatmap_png``, ``geojson``, ``detections``, ``summary``).
+        n_tiles: tiles scored.
+        mpp: level-0 mpp used.
+        timings: seconds spent, by stage.
+        skipped: True when the outputs already existed for the same checkpoint and settings.
+    """
+
+    slide_id: str
+    slide_path: Path
+    slide_score: float
+    heatmap: Any
+    lesions: list[Any]
+    detections: np.ndarray
+    paths: dict[str, Path] = field(default_factory=dict)
+    n_tiles: int = 0
+    mpp: float = math.nan
+    timings: dict[str, float] = field(default_factory=dict)
+    skipped: bool = False
+
+    @property
+    def geojson_path(self) -> Path:
+        """The QuPath GeoJSON of the lesions."""
+        return self.paths["geojson"]
+
+
+# -- files -------------------------------------------------------------------------------------------------------
+def _atomic_write_text(path: Path, text: str) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(text, encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
+    tmp = path.with_name(f".{path.name}.tmp.npy")
+    np.save(tmp, array)
+    os.replace(tmp, path)
+
+
+def _fingerprint(ckpt_path: Path | None, settings: PredictionSettings, post: dict[str, Any]) -> str:
+    ckpt = ""
+    if ckpt_path is not None and ckpt_path.exists():
+        stat = ckpt_path.stat()
+        ckpt = f"{ckpt_path.resolve()}:{stat.st_size}:{int(stat.st_mtime)}"
+    blob = json.dumps({"ckpt": ckpt, "settings": settings.__dict__, "post": post}, sort_keys=True, default=str)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _load_done(slide_dir: Path, fingerprint: str, slide_path: Path) -> SlidePrediction | None:
+    """A finished prediction with the same fingerprint, read back from its files (resume)."""
+    summary_path = slide_dir / "summary.json"
+    if not summary_path.is_file():
+        return None
+    try:
+        summary = json.loads(summary_path.read_text())
+    except (json.JSONDecodeError, OSError):
+        return None
+    if summary.get("fingerprint") != fingerprint:
+        return None
+    paths = {key: slide_dir / name for key, name in _FILES.items()}
+    if not all(p.exists() for p in paths.values()):
+        return None
+    from anomalib_wsi.post_processing import Heatmap
+
+    values = np.load(paths["heatmap_npy"])
+    heatmap = Heatmap(
+        values=values,
+        downsample=float(summary["heatmap_downsample"]),
+        slide_id=summary["slide_id"],
+        slide_size_lv0=tuple(summary["slide_size_lv0"]),  # type: ignore[arg-type]
+    )
+    text = paths["detections"].read_text().strip()
+    detections = np.loadtxt(paths["detections"], delimiter=",", ndmin=2) if text else np.zeros((0, 3))
+    lesions = _read_lesions(paths["geojson"])
+    return SlidePrediction(
+        slide_id=summary["slide_id"],
+        slide_path=slide_path,
+        slide_score=float(summary["slide_score"]),
+        heatmap=heatmap,
+        lesions=lesions,
+        detections=detections,
+        paths=paths,
+        n_tiles=int(summary["n_tiles"]),
+        mpp=float(summary["mpp"]),
+        timings=dict(summary.get("timings", {})),
+        skipped=True,
+    )
+
+
+def _read_lesions(path: Path) -> list[Any]:
+    from shapely.geometry import shape
+
+    from anomalib_wsi.post_processing.lesions import Lesion
+
+    data = json.loads(path.read_text())
+    lesions = []
+    for feature in data.get("features", []):
+        measurements = feature.get("properties", {}).get("measurements", {})
+        lesions.append(
+            Lesion(
+                polygon=shape(feature["geometry"]),
+                max_score=float(measurements.get("max_score", math.nan)),
+                mean_score=float(measurements.get("mean_score", math.nan)),
+                area_um2=float(measurements.get("area_um2", math.nan)),
+            )
+        )
+    return lesions
+
+
+_FILES = {
+    "heatmap_npy": "heatmap.npy",
+    "heatmap_png": "heatmap.png",
+    "geojson": "lesions.geojson",
+    "detections": "detections.csv",
+    "summary": "summary.json",
+}
+
+
+# -- tiles ------------------------------------------------------------------------------------------------------
+class _PredictTiles(Dataset):
+    """All tiles of all slides as one map-style dataset: uint8 CHW tensors, read by per-worker slide handles."""
+
+    def __init__(self, jobs: list[_SlideJob]) -> None:
+        self.slides = [(str(j.slide_path), j.slide_mpp, j.plan) for j in jobs]
+        self.offsets = np.cumsum([0] + [len(j.table) for j in jobs])
+        self.xs = np.concatenate([j.table.x.to_numpy(np.int64) for j in jobs]) if jobs else np.zeros(0, np.int64)
+        self.ys = np.concatenate([j.table.y.to_numpy(np.int64) for j in jobs]) if jobs else np.zeros(0, np.int64)
+        self._handles: dict[int, Slide] = {}
+        self._pid = -1
+
+    def __len__(self) -> int:
+        return int(self.offsets[-1])
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        slide_index = int(np.searchsorted(self.offsets, index, side="right") - 1)
+        path, mpp, plan = self.slides[slide_index]
+        if self._pid != os.getpid():
+            self._handles, self._pid = {}, os.getpid()
+        error = ""
+        try:
+            if slide_index not in self._handles:
+                self._handles = {slide_index: Slide(path, mpp=mpp)}  # one open slide per worker at a time
+            tile = self._handles[slide_index].read_tile(int(self.xs[index]), int(self.ys[index]), plan)
+        except WSIError as err:
+            error = str(err)
+            tile = np.zeros((plan.tile_size_px, plan.tile_size_px, 3), np.uint8)
+        return {
+            "image": torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1),
+            "slide": slide_index,
+            "index": index - int(self.offsets[slide_index]),
+            "error": error,
+        }
+
+
+@dataclass
+class _SlideJob:
+    slide_path: Path
+    slide_id: str
+    slide_mpp: float | None
+    out_dir: Path
+    plan: ReadPlan
+    table: pd.DataFrame
+    slide_size_lv0: tuple[int, int]
+    mpp: float
+    stride_lv0: float
+    thumbnail: np.ndarray
+    thumbnail_downsample: float
+    timings: dict[str, float] = field(default_factory=dict)
+    accumulator: Any = None
+    done: int = 0
+    error: str = ""
+    started: float = field(default_factory=time.perf_counter)
+
+
+# -- engine -----------------------------------------------------------------------------------------------------
+class WSIEngine(Engine):
+    """anomalib's ``Engine`` with whole-slide prediction.
+
+    Args:
+        batch_size: tiles per forward pass.
+        num_workers: DataLoader workers reading tiles (each with its own slide handles).
+        device: "auto" (CUDA when available), "cpu" or "cuda[:N]".
+        precision: "32", "bf16" or "16"; autocast on the device.
+        compile_model: wrap the torch model in ``torch.compile`` (GPU; the first batches are slower).
+        progress: show progress bars.
+        **kwargs: passed to anomalib's ``Engine`` (and Lightning's Trainer) for training and tile-level use.
+
+    Example:
+        >>> from anomalib_wsi import RDFocal, WSIEngine                              # doctest: +SKIP
+        >>> results = WSIEngine().predict(model=RDFocal, ckpt_path="model.ckpt", slides=["a.svs"], output_dir="out")
+        >>> results[0].slide_score, results[0].geojson_path
+    """
+
+    def __init__(
+        self,
+        batch_size: int = 32,
+        num_workers: int = 2,
+        device: str = "auto",
+        precision: str = "32",
+        compile_model: bool = False,
+        progress: bool = True,
+        **kwargs: Any,
+    ) -> None:
+        super().__init__(**kwargs)
+        self.batch_size = batch_size
+        self.num_workers = num_workers
+        self.device_name = device
+        self.precision = precision
+        self.compile_model = compile_model
+        self.progress = progress
+
+    # anomalib's Engine.predict has a different signature; slides=None falls back to it.
+    def predict(  # type: ignore[override]
+        self,
+        model: Any = None,
+        ckpt_path: str | Path | None = None,
+        slides: str | Path | Sequence[str | Path] | None = None,
+        output_dir: str | Path = "wsi_predictions",
+        mpp: float | None = None,
+        tile_size_px: int | None = None,
+        stride_px: int | None = None,
+        min_tissue: float = 0.25,
+        slide_mpp: float | None = None,
+        lesion_threshold: float | None = None,
+        **kwargs: Any,
+    ) -> list[SlidePrediction] | Any:
+        """Predict whole slides (or, without ``slides``, anything anomalib's ``Engine.predict`` takes).
+
+        Args:
+            model: an ``RDFocal`` (class or instance) or any anomalib module; with ``ckpt_path`` its class loads
+                the checkpoint (backbone weights come from the checkpoint, nothing is downloaded).
+            ckpt_path: checkpoint written by training.
+            slides: slide files, folders of slides, or a CSV manifest with a ``slide_path`` column.
+            output_dir: one sub-folder per slide plus ``summary.csv`` and ``failures.csv``.
+            mpp: tile resolution; default the training data's (from the checkpoint), else 0.5.
+            tile_size_px: tile side; default the training data's, else 256.
+            stride_px: step between tiles at ``mpp`` (default: the tile size; smaller = overlapping tiles).
+            min_tissue: minimum tissue fraction of a scored tile.
+            slide_mpp: level-0 mpp for slides that record none.
+            lesion_threshold: override the post-processor's lesion threshold (normalised score, 0-1).
+            **kwargs: with ``slides=None``, passed to anomalib's ``Engine.predict``.
+
+        Returns:
+            One :class:`SlidePrediction` per slide that succeeded (failures are in ``failures.csv``).
+        """
+        if slides is None:
+            return super().predict(model=model, ckpt_path=ckpt_path, **kwargs)
+        module, data_hparams = load_model(model, ckpt_path)
+        if lesion_threshold is not None:
+            module.post_processor.lesion_threshold = float(lesion_threshold)
+        settings = PredictionSettings(
+            mpp=float(mpp if mpp is not None else data_hparams.get("mpp", 0.5)),
+            tile_size_px=int(tile_size_px if tile_size_px is not None else data_hparams.get("tile_size_px", 256)),
+            stride_px=stride_px,
+            min_tissue=min_tissue,
+            slide_mpp=slide_mpp,
+            precision=self.precision,
+        )
+        paths = _resolve_slides(slides)
+        self.last_failures: list[dict[str, str]] = []
+        return self._predict_slides(module, Path(ckpt_path) if ckpt_path else None, paths, Path(output_dir), settings)
+
+    # -- internals ------------------------------------------------------------------------------------------------
+    def _device(self) -> torch.device:
+        if self.device_name == "auto":
+            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+        return torch.device(self.device_name)
+
+    def _predict_slides(
+        self,
+        module: Any,
+        ckpt_path: Path | None,
+        slide_paths: list[tuple[Path, float | None]],
+        output_dir: Path,
+        settings: PredictionSettings,
+    ) -> list[SlidePrediction]:
+        output_dir.mkdir(parents=True, exist_ok=True)
+        post = module.post_processor
+        fingerprint = _fingerprint(ckpt_path, settings, _post_settings(post))
+        results: list[SlidePrediction] = []
+        failures: list[dict[str, str]] = []
+        jobs: list[_SlideJob] = []
+        bar = tqdm(slide_paths, desc="tiling", unit="slide", disable=not self.progress, leave=False)
+        for slide_path, manifest_mpp in bar:
+            slide_id = slide_path.stem
+            out_dir = output_dir / slide_id
+            done = _load_done(out_dir, fingerprint, slide_path)
+            if done is not None:
+                logger.info("%s: outputs exist for this checkpoint and settings; skipped", slide_id)
+                results.append(done)
+                continue
+            try:
+                jobs.append(self._prepare(slide_path, manifest_mpp, out_dir, settings))
+            except WSIError as err:
+                failures.append(_failure(slide_path, "tiling", str(err)))
+            except Exception as err:  # one bad slide must not stop the batch
+                failures.append(_failure(slide_path, "tiling", f"{type(err).__name__}: {err}"))
+        results.extend(self._run(module, jobs, settings, fingerprint, ckpt_path, failures))
+        _write_run_tables(output_dir, results, failures)
+        self.last_failures = failures
+        for failure in failures:
+            logger.error("%s failed (%s): %s", failure["slide_id"], failure["stage"], failure["error"])
+        return results
+
+    def _prepare(
+        self, slide_path: Path, manifest_mpp: float | None, out_dir: Path, settings: PredictionSettings
+    ) -> _SlideJob:
+        from anomalib_wsi.slide.tiling import TilingConfig, load_or_tile
+
+        start = time.perf_counter()
+        slide_mpp = manifest_mpp if manifest_mpp is not None else settings.slide_mpp
+        slide = Slide(slide_path, mpp=slide_mpp)
+        plan = slide.plan_read(settings.mpp, settings.tile_size_px)
+        config = TilingConfig(
+            mpp=settings.mpp,
+            tile_size_px=settings.tile_size_px,
+            stride_px=settings.stride_px,
+            min_tissue=settings.min_tissue,
+        )
+        out_dir.mkdir(parents=True, exist_ok=True)
+        table, tissue = load_or_tile(slide_path, config, out_dir, slide_mpp=slide_mpp)
+        if tissue is not None:
+            thumbnail, thumb_ds = tissue.thumbnail, tissue.downsample
+        else:
+            thumbnail, thumb_ds = slide.read_thumbnail(target_mpp=8.0)
+        stride_px = settings.stride_px or settings.tile_size_px
+        job = _SlideJob(
+            slide_path=slide_path,
+            slide_id=slide.slide_id,
+            slide_mpp=slide_mpp,
+            out_dir=out_dir,
+            plan=plan,
+            table=table.reset_index(drop=True),
+            slide_size_lv0=slide.dimensions,
+            mpp=slide.mpp,
+            stride_lv0=stride_px * plan.tile_size_lv0 / settings.tile_size_px,
+            thumbnail=thumbnail,
+            thumbnail_downsample=thumb_ds,
+        )
+        job.timings["tiling_s"] = time.perf_counter() - start
+        slide.close()
+        return job
+
+    def _run(
+        self,
+        module: Any,
+        jobs: list[_SlideJob],
+        settings: PredictionSettings,
+        fingerprint: str,
+        ckpt_path: Path | None,
+        failures: list[dict[str, str]],
+    ) -> Iterator[SlidePrediction]:
+        from anomalib_wsi.post_processing import HeatmapAccumulator
+
+        if not jobs:
+            return
+        device = self._device()
+        forward = _TileForward(module, device, settings.precision, self.compile_model)
+        cells = int(getattr(module.post_processor, "heatmap_cells_per_tile", 1) or 1)
+        for job in jobs:
+            job.accumulator = HeatmapAccumulator(job.slide_size_lv0, job.plan.tile_size_lv0, job.stride_lv0, cells)
+            job.started = time.perf_counter()
+        dataset = _PredictTiles(jobs)
+        loader = DataLoader(
+            dataset,
+            batch_size=self.batch_size,
+            shuffle=False,
+            num_workers=self.num_workers,
+            pin_memory=device.type == "cuda",
+            persistent_workers=False,
+            prefetch_factor=4 if self.num_workers > 0 else None,
+        )
+        pending = {i for i, job in enumerate(jobs) if len(job.table) > 0}
+        for job in jobs:  # slides without tissue tiles finish at once
+            if len(job.table) == 0:
+                yield from self._finish(module, job, settings, fingerprint, ckpt_path, failures)
+        total_tiles = len(dataset)
+        bar = tqdm(total=total_tiles, desc="predicting", unit="tile", disable=not self.progress)
+        start = time.perf_counter()
+        for batch in loader:
+            slide_ids = batch["slide"].numpy()
+            indices = batch["index"].numpy()
+            errors = batch["error"]
+            scores, maps = forward(batch["image"], want_maps=cells > 1)
+            for slide_index in np.unique(slide_ids):
+                job = jobs[int(slide_index)]
+                sel = slide_ids == slide_index
+                bad = [e for e, s in zip(errors, sel, strict=True) if s and e]
+                if bad and not job.error:
+                    job.error = bad[0]
+                rows = job.table.iloc[indices[sel]]
+                if not job.error:
+                    job.accumulator.add(
+                        rows.x.to_numpy(), rows.y.to_numpy(), scores[sel], maps[sel] if maps is not None else None
+                    )
+                job.done += int(sel.sum())
+                if job.done >= len(job.table) and int(slide_index) in pending:
+                    pending.discard(int(slide_index))
+                    job.timings["predict_s"] = time.perf_counter() - job.started
+                    yield from self._finish(module, job, settings, fingerprint, ckpt_path, failures)
+            bar.update(len(slide_ids))
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(
+                slides=f"{len(jobs) - len(pending)}/{len(jobs)}", tiles_s=f"{bar.n / max(elapsed, 1e-9):.0f}"
+            )
+        bar.close()
+        self.last_tiles_per_second = total_tiles / max(time.perf_counter() - start, 1e-9)
+
+    def _finish(
+        self,
+        module: Any,
+        job: _SlideJob,
+        settings: PredictionSettings,
+        fingerprint: str,
+        ckpt_path: Path | None,
+        failures: list[dict[str, str]],
+    ) -> Iterator[SlidePrediction]:
+        if job.error:
+            failures.append(_failure(job.slide_path, "reading", job.error))
+            return
+        try:
+            yield self._write_outputs(module, job, settings, fingerprint, ckpt_path)
+        except WSIError as err:
+            failures.append(_failure(job.slide_path, "writing", str(err)))
+        except Exception as err:  # one bad slide must not stop the batch
+            logger.exception("%s: unexpected error while writing outputs", job.slide_id)
+            failures.append(_failure(job.slide_path, "writing", f"{type(err).__name__}: {err}"))
+        finally:
+            job.accumulator = None  # free the heatmap of a finished slide
+
+    def _write_outputs(
+        self, module: Any, job: _SlideJob, settings: PredictionSettings, fingerprint: str, ckpt_path: Path | None
+    ) -> SlidePrediction:
+        from anomalib_wsi.annotations.geojson import write_geojson
+        from anomalib_wsi.post_processing.lesions import write_detections_csv
+        from anomalib_wsi.post_processing.render import render_heatmap_png
+
+        start = time.perf_counter()
+        raw = job.accumulator.result()
+        raw.slide_id = job.slide_id
+        result = module.post_processor.process_slide(raw, job.mpp)
+        heatmap = result.heatmap
+        out = job.out_dir
+        out.mkdir(parents=True, exist_ok=True)
+        paths = {key: out / name for key, name in _FILES.items()}
+        # summary.json last: its presence with the fingerprint marks the slide done
+        paths["summary"].unlink(missing_ok=True)
+        _atomic_save_npy(paths["heatmap_npy"], heatmap.values.astype(np.float32))
+        write_geojson(
+            paths["geojson"],
+            [lesion.polygon for lesion in result.lesions],
+            classification="Tumor",
+            color=(200, 0, 0),
+            measurements=[
+                {"max_score": le.max_score, "mean_score": le.mean_score, "area_um2": le.area_um2}
+                for le in result.lesions
+            ],
+            names=[f"lesion {i + 1}" for i in range(len(result.lesions))],
+        )
+        write_detections_csv(paths["detections"], result.detections)
+        render_heatmap_png(
+            paths["heatmap_png"],
+            heatmap,
+            job.thumbnail,
+            job.thumbnail_downsample,
+            lesions=result.lesions,
+            title=f"{job.slide_id}  slide score {result.slide_score:.3f}",
+        )
+        job.timings["post_s"] = time.perf_counter() - start
+        summary = {
+            "slide_id": job.slide_id,
+            "slide_path": str(job.slide_path),
+            "slide_score": float(result.slide_score),
+            "n_tiles": len(job.table),
+            "n_lesions": len(result.lesions),
+            "n_detections": len(result.detections),
+            "mpp": job.mpp,
+            "tile_mpp": settings.mpp,
+            "tile_size_px": settings.tile_size_px,
+            "stride_px": settings.stride_px or settings.tile_size_px,
+            "heatmap_downsample": float(heatmap.downsample),
+            "heatmap_shape": list(heatmap.values.shape),
+            "slide_size_lv0": list(job.slide_size_lv0),
+            "timings": {k: round(v, 4) for k, v in job.timings.items()},
+            "checkpoint": str(ckpt_path) if ckpt_path else None,
+            "settings": {**settings.__dict__, **_post_settings(module.post_processor)},
+            "fingerprint": fingerprint,
+        }
+        _atomic_write_text(paths["summary"], json.dumps(summary, indent=2, default=float))
+        return SlidePrediction(
+            slide_id=job.slide_id,
+            slide_path=job.slide_path,
+            slide_score=float(result.slide_score),
+            heatmap=heatmap,
+            lesions=list(result.lesions),
+            detections=np.asarray(result.detections),
+            paths=paths,
+            n_tiles=len(job.table),
+            mpp=job.mpp,
+            timings=dict(job.timings),
+        )
+
+
+class _TileForward:
+    """uint8 tiles -> raw tile scores (and anomaly maps) on the model's device, with autocast/channels_last."""
+
+    def __init__(self, module: Any, device: torch.device, precision: str, compile_model: bool) -> None:
+        self.module = module.to(device).eval()
+        self.device = device
+        self.dtype = {"bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16, "16": torch.float16}.get(precision)
+        self.channels_last = bool(getattr(module, "channels_last", False))
+        if self.channels_last:
+            self.module.model.to(memory_format=torch.channels_last)
+        self.net = torch.compile(self.module.model) if compile_model else self.module.model
+
+    @torch.inference_mode()
+    def __call__(self, images_u8: torch.Tensor, want_maps: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+        images = images_u8.to(self.device, non_blocking=True).float().div_(255.0)
+        if self.module.pre_processor is not None:
+            images = self.module.pre_processor(images)
+        if self.channels_last:
+            images = images.contiguous(memory_format=torch.channels_last)
+        autocast = (
+            torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
+        )
+        with autocast:
+            output = self.net(images)
+        scores = output.pred_score.float().reshape(-1).cpu().numpy()
+        maps = None
+        if want_maps and output.anomaly_map is not None:
+            maps = output.anomaly_map.float().reshape(len(scores), *output.anomaly_map.shape[-2:]).cpu().numpy()
+        return scores, maps
+
+
+def _post_settings(post: Any) -> dict[str, Any]:
+    keys = ("lesion_threshold", "min_lesion_area_um2", "simplify_tolerance_px_lv0", "nms_radius_um", "slide_score")
+    return {k: getattr(post, k, None) for k in keys if not callable(getattr(post, k, None))}
+
+
+def _failure(slide_path: Path, stage: str, error: str) -> dict[str, str]:
+    return {"slide_path": str(slide_path), "slide_id": slide_path.stem, "stage": stage, "error": error}
+
+
+def _write_run_tables(output_dir: Path, results: list[SlidePrediction], failures: list[dict[str, str]]) -> None:
+    rows = [
+        {
+            "slide_id": r.slide_id,
+            "slide_path": str(r.slide_path),
+            "slide_score": r.slide_score,
+            "n_tiles": r.n_tiles,
+            "n_lesions": len(r.lesions),
+            "mpp": r.mpp,
+            "status": "skipped (done before)" if r.skipped else "done",
+        }
+        for r in sorted(results, key=lambda r: r.slide_id)
+    ]
+    summary = pd.DataFrame(
+        rows, columns=["slide_id", "slide_path", "slide_score", "n_tiles", "n_lesions", "mpp", "status"]
+    )
+    tmp = output_dir / ".summary.csv.tmp"
+    summary.to_csv(tmp, index=False)
+    os.replace(tmp, output_dir / "summary.csv")
+    table = pd.DataFrame(failures, columns=["slide_path", "slide_id", "stage", "error"])
+    tmp = output_dir / ".failures.csv.tmp"
+    table.to_csv(tmp, index=False)
+    os.replace(tmp, output_dir / "failures.csv")
+
+
+def _resolve_slides(slides: str | Path | Sequence[str | Path]) -> list[tuple[Path, float | None]]:
+    items = [slides] if isinstance(slides, str | Path) else list(slides)
+    resolved: list[tuple[Path, float | None]] = []
+    for item in items:
+        path = Path(item)
+        if path.suffix.lower() == ".csv" and path.is_file():
+            from anomalib_wsi.data.datamodule import read_manifest
+
+            resolved.extend((r.slide_path, r.mpp) for r in read_manifest(path))
+        elif path.is_dir():
+            found = list_slides(path)
+            if not found:
+                msg = f"{path}: no slides found in this folder; pass slide files, a folder of slides or a manifest CSV"
+                raise WSIError(msg)
+            resolved.extend((p, None) for p in found)
+        else:
+            resolved.append((path, None))
+    return resolved
+
+
+def load_model(model: Any, ckpt_path: str | Path | None) -> tuple[Any, dict[str, Any]]:
+    """The model to predict with, and the training data's hyper-parameters stored in the checkpoint.
+
+    ``model`` may be a class or an instance; with a checkpoint the class loads it with ``pre_trained=False``
+    (the weights are in the checkpoint, so nothing is downloaded).
+
+    Raises:
+        WSIError: the checkpoint is missing or unreadable, or neither model nor checkpoint is given.
+    """
+    data_hparams: dict[str, Any] = {}
+    if ckpt_path is None:
+        if model is None or isinstance(model, type):
+            msg = "predicting slides needs a checkpoint: pass ckpt_path (anomalib-wsi predict --ckpt MODEL.ckpt)"
+            raise WSIError(msg)
+        return model, data_hparams
+    ckpt = Path(ckpt_path)
+    if not ckpt.is_file():
+        msg = f"{ckpt}: checkpoint not found; pass the .ckpt written by training (results/.../weights/lightning)"
+        raise WSIError(msg)
+    try:
+        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+    except Exception as err:  # any unreadable file is a user error here
+        msg = f"{ckpt}: not a readable checkpoint ({type(err).__name__}); pass the .ckpt written by training"
+        raise WSIError(msg) from None
+    data_hparams = dict(state.get("datamodule_hyper_parameters") or {})
+    if model is None:
+        from anomalib_wsi.models.rd_focal import RDFocal
+
+        model = RDFocal
+    cls = model if isinstance(model, type) else type(model)
+    overrides: dict[str, Any] = {}
+    hparams = state.get("hyper_parameters", {})
+    if "pre_trained" in hparams:
+        overrides["pre_trained"] = False
+    if "weights_path" in hparams:
+        overrides["weights_path"] = None
+    module = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, **overrides)
+    return module, data_hparams
+
+
+def predict_command(
+    slides: list[str],
+    ckpt: str,
+    output: str,
+    batch_size: int = 32,
+    num_workers: int = 2,
+    precision: str = "32",
+    stride: int | None = None,
+    slide_mpp: float | None = None,
+    device: str = "auto",
+    threshold: float | None = None,
+) -> int:
+    """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed."""
+    engine = WSIEngine(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision)
+    results = engine.predict(
+        model=None,
+        ckpt_path=ckpt,
+        slides=slides,
+        output_dir=output,
+        stride_px=stride,
+        slide_mpp=slide_mpp,
+        lesion_threshold=threshold,
+    )
+    failures = engine.last_failures
+    logger.info(
+        "%d slides predicted (%d skipped as done), %d failed; summary in %s",
+        len(results),
+        sum(r.skipped for r in results),
+        len(failures),
+        Path(output) / "summary.csv",
+    )
+    return 1 if failures else 0
