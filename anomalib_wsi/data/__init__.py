@@ -1,0 +1,43 @@
+"""Data: slide tiles for anomalib and the built-in synthetic cohorts.
+
+- :class:`WSIDataModule`: slides -> tissue tiles -> labelled tiles -> train/val/test (``anomalib train``).
+- :class:`PatchFolder`: pre-extracted tiles in ``train/good``, ``train/bad``, ``test/good``, ``test/bad``.
+- :func:`synthesize_cohort` / :func:`synthesize_slide`: pyramidal H&E-like TIFFs with Camelyon16-style ASAP XML.
+
+The data modules import anomalib (slow); they load on first use.
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from anomalib_wsi.data.synthetic import SyntheticCohort, SyntheticSlide, synthesize_cohort, synthesize_slide
+
+__all__ = [
+    "PatchFolder",
+    "SyntheticCohort",
+    "SyntheticSlide",
+    "WSIDataModule",
+    "WSITileDataset",
+    "synthesize_cohort",
+    "synthesize_slide",
+]
+
+_LAZY = {
+    "WSIDataModule": "anomalib_wsi.data.datamodule",
+    "PatchFolder": "anomalib_wsi.data.patch_folder",
+    "WSITileDataset": "anomalib_wsi.data.dataset",
+}
+
+if TYPE_CHECKING:
+    from anomalib_wsi.data.datamodule import WSIDataModule
+    from anomalib_wsi.data.dataset import WSITileDataset
+    from anomalib_wsi.data.patch_folder import PatchFolder
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    msg = f"module 'anomalib_wsi.data' has no attribute {name!r}"
+    raise AttributeError(msg)

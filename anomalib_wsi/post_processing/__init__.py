@@ -1,0 +1,57 @@
+"""Slide post-processing: tile scores -> slide heatmap -> lesion polygons, detection points, slide score.
+
+- :mod:`~anomalib_wsi.post_processing.stitch`: :class:`Heatmap`, :class:`HeatmapAccumulator`,
+  :func:`stitch_tile_scores` (grid at the tile stride, overlaps averaged, memory of the grid only).
+- :mod:`~anomalib_wsi.post_processing.lesions`: :func:`extract_lesions` (polygons with holes, level-0 pixels),
+  :func:`detection_points` (Camelyon16 ``confidence,x,y``), :func:`slide_score`, and the file writers.
+- :mod:`~anomalib_wsi.post_processing.render`: :func:`render_heatmap_png` (``heatmap.png``).
+- :mod:`~anomalib_wsi.post_processing.post_processor`: :class:`WSIPostProcessor`, anomalib's PostProcessor
+  with the slide-level steps (imported lazily: it pulls in anomalib).
+"""
+
+from __future__ import annotations
+
+import importlib
+from typing import TYPE_CHECKING, Any
+
+from anomalib_wsi.post_processing.lesions import (
+    Lesion,
+    detection_points,
+    extract_lesions,
+    slide_score,
+    write_detections_csv,
+    write_lesions_geojson,
+)
+from anomalib_wsi.post_processing.stitch import Heatmap, HeatmapAccumulator, stitch_tile_scores
+
+if TYPE_CHECKING:
+    from anomalib_wsi.post_processing.post_processor import SlideResult, WSIPostProcessor
+    from anomalib_wsi.post_processing.render import render_heatmap_png
+
+__all__ = [
+    "Heatmap",
+    "HeatmapAccumulator",
+    "Lesion",
+    "SlideResult",
+    "WSIPostProcessor",
+    "detection_points",
+    "extract_lesions",
+    "render_heatmap_png",
+    "slide_score",
+    "stitch_tile_scores",
+    "write_detections_csv",
+    "write_lesions_geojson",
+]
+
+_LAZY = {
+    "SlideResult": "anomalib_wsi.post_processing.post_processor",
+    "WSIPostProcessor": "anomalib_wsi.post_processing.post_processor",
+    "render_heatmap_png": "anomalib_wsi.post_processing.render",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    msg = f"module 'anomalib_wsi.post_processing' has no attribute {name!r}"
+    raise AttributeError(msg)
