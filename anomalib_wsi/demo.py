@@ -82,6 +82,7 @@ def run_demo(output: str | Path = "demo_output", seed: int = 0, max_epochs: int 
     from anomalib_wsi.engine import WSIEngine
     from anomalib_wsi.evaluation.report import evaluate_command
     from anomalib_wsi.models.rd_focal import RDFocal
+    from anomalib_wsi.slide import Slide
 
     output = Path(output)
     output.mkdir(parents=True, exist_ok=True)
@@ -128,6 +129,7 @@ def run_demo(output: str | Path = "demo_output", seed: int = 0, max_epochs: int 
         labels=str(labels_csv),
         output=str(output / "evaluation"),
         slides=str(output / "cohort" / "slides"),
+        mpp=Slide(test_records[0].slide_path).mpp,  # the FROC's 75/275 µm at the slides' own spacing
     )
     report = json.loads((output / "evaluation" / "report.json").read_text())
     figures = {

@@ -621,6 +621,7 @@ def evaluate_command(
     keep_excluded: bool = False,
     n_boot: int = 1000,
     seed: int = 0,
+    mpp: float = CAMELYON16_MPP,
 ) -> int:
     """``anomalib-wsi evaluate``: evaluate a prediction folder and write the report (see the module docstring).
 
@@ -634,11 +635,13 @@ def evaluate_command(
             annotated, excluded from the FROC), which the Camelyon16 protocol leaves out.
         n_boot: bootstrap resamples for the AUC interval.
         seed: bootstrap seed.
+        mpp: level-0 spacing the FROC protocol assumes (Camelyon16: 0.243 µm/px for every slide); set the
+            slides' own spacing for other data (the synthetic demo: 0.5), so that 75 µm and 275 µm stay true.
 
     Returns:
         0.
     """
-    report = evaluate(predictions, annotations, labels, slides, keep_excluded, n_boot=n_boot, seed=seed)
+    report = evaluate(predictions, annotations, labels, slides, keep_excluded, n_boot=n_boot, seed=seed, mpp=mpp)
     written = write_report(report, output)
     data = report.to_dict()
     ci = data["slide_auc_ci"]
