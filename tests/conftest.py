@@ -17,3 +17,11 @@ def shared_data() -> Path:
     if not SHARED_DATA.is_dir():
         pytest.skip(f"real test data not found at {SHARED_DATA} (set ANOMALIB_WSI_SHARED_DATA to use it)")
     return SHARED_DATA
+
+
+@pytest.fixture(scope="session")
+def small_cohort(tmp_path_factory: pytest.TempPathFactory):  # type: ignore[no-untyped-def]
+    """Six synthetic 3072 px slides at 0.5 µm/px (three with tumour and ASAP XML), written once per session."""
+    from anomalib_wsi.data.synthetic import synthesize_cohort
+
+    return synthesize_cohort(tmp_path_factory.mktemp("cohort"), n_slides=6, seed=0, size_px=3072, mpp=0.5)

@@ -343,10 +343,9 @@ class WSIDataModule(AnomalibDataModule):
 
     def tile_table(self, record: SlideRecord) -> pd.DataFrame:
         """The labelled tile table of one slide (tiles cached; labels from its annotations)."""
+        from anomalib_wsi.annotations import read_annotations
         from anomalib_wsi.annotations.labels import label_tiles
         from anomalib_wsi.slide.tiling import TilingConfig, load_or_tile
-
-        from anomalib_wsi.annotations import read_annotations
 
         config = TilingConfig(
             mpp=self.mpp, tile_size_px=self.tile_size_px, stride_px=self.stride_px, min_tissue=self.min_tissue
@@ -384,6 +383,14 @@ class WSIDataModule(AnomalibDataModule):
                 normal.iloc[rng.permutation(len(normal))[: cap - n_tumour]],
             ]
         )
+
+    # The splits are by slide, made in ``_setup``; anomalib's tile-level test/val splitting (which drops the
+    # normal tiles of a test set when no test split mode is set) must not touch them.
+    def _create_test_split(self) -> None:
+        return
+
+    def _create_val_split(self) -> None:
+        return
 
     def _setup(self, _stage: str | None = None) -> None:
         self.records = self.discover()

@@ -150,8 +150,9 @@ class WSITileDataset(AnomalibDataset):
         fraction = row.get("tumour_fraction", 0.0)
         if not isinstance(annotation, str) or not annotation or pd.isna(fraction) or not float(fraction) > 0:
             return np.zeros((size, size), dtype=bool)
-        from anomalib_wsi.annotations.labels import rasterise
         from shapely import affinity, box
+
+        from anomalib_wsi.annotations.labels import rasterise
 
         x, y, side = float(row.x), float(row.y), float(row.tile_size_lv0)
         region = self.handles.region(str(annotation))

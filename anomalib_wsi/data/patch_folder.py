@@ -101,6 +101,10 @@ class PatchFolder(AnomalibDataModule):
         self.root = Path(root)
         self._category = self.root.name
 
+    def _create_test_split(self) -> None:
+        """Keep ``test/good`` in the test set (anomalib's default split would drop it without a split mode)."""
+        return
+
     def _setup(self, _stage: str | None = None) -> None:
         if not (self.root / "train" / "good").is_dir():
             msg = f"{self.root}: no train/good folder; a patch folder holds train/good, train/bad, test/good, test/bad"
