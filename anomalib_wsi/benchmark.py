@@ -47,6 +47,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
         "alpha_tumour": 0.9,
         "gamma": 2.0,
         "tile_score": "mean",
+        "visualizer": False,
         "lr": 0.005,
         "betas": [0.5, 0.999],
     },
