@@ -158,7 +158,7 @@ def benchmark_command(
 ) -> int:
     """``anomalib-wsi benchmark camelyon16``: train, predict and evaluate as the paper did; prints the comparison."""
     from anomalib_wsi.data.datamodule import WSIDataModule
-    from anomalib_wsi.engine import WSIEngine
+    from anomalib_wsi.engine import WSIEngine, trained_checkpoint
     from anomalib_wsi.evaluation.report import evaluate_command
     from anomalib_wsi.models.rd_focal import RDFocal
 
@@ -183,11 +183,7 @@ def benchmark_command(
     model = RDFocal(**settings["model"])
     engine = WSIEngine(default_root_dir=out / "results", **settings["trainer"])
     engine.fit(model=model, datamodule=datamodule)
-    callback = engine.trainer.checkpoint_callback
-    ckpt = Path(callback.best_model_path or callback.last_model_path) if callback else Path()  # type: ignore[union-attr]
-    if not ckpt.is_file():
-        ckpt = out / "model.ckpt"
-        engine.trainer.save_checkpoint(ckpt)
+    ckpt = trained_checkpoint(engine, out / "model.ckpt")
     timings["train_s"] = time.perf_counter() - start
     start = time.perf_counter()
     predict = settings["predict"]

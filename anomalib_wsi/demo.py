@@ -101,12 +101,7 @@ def run_demo(output: str | Path = "demo_output", seed: int = 0, max_epochs: int 
     trainer_args = {**DEMO_TRAINER, "max_epochs": max_epochs or DEMO_TRAINER["max_epochs"], "accelerator": "cpu"}
     engine = WSIEngine(default_root_dir=output / "results", **trainer_args)
     engine.fit(model=model, datamodule=datamodule)
-    ckpt = Path(
-        engine.trainer.checkpoint_callback.best_model_path or engine.trainer.checkpoint_callback.last_model_path
-    )  # type: ignore[union-attr]
-    if not ckpt.is_file():
-        ckpt = output / "model.ckpt"
-        engine.trainer.save_checkpoint(ckpt)
+    ckpt = trained_checkpoint(engine, output / "model.ckpt")
     timings["train_s"] = time.perf_counter() - start
 
     test_records = [r for r in datamodule.records if r.split == "test"]

@@ -36,7 +36,7 @@ from tqdm.auto import tqdm
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.slide.reader import ReadPlan, Slide, list_slides
 
-__all__ = ["PredictionSettings", "SlidePrediction", "WSIEngine", "predict_command"]
+__all__ = ["PredictionSettings", "SlidePrediction", "WSIEngine", "load_model", "predict_command", "trained_checkpoint"]
 
 logger = logging.getLogger(__name__)
 
@@ -668,6 +668,16 @@ def _resolve_slides(slides: str | Path | Sequence[str | Path]) -> list[tuple[Pat
     return resolved
 
 
+def trained_checkpoint(engine: Engine, fallback: Path) -> Path:
+    """The checkpoint a finished ``engine.fit`` wrote (best, else last); saved to ``fallback`` when there is none."""
+    callback: Any = engine.trainer.checkpoint_callback
+    path = Path(getattr(callback, "best_model_path", "") or getattr(callback, "last_model_path", "") or "")
+    if not path.is_file():
+        path = fallback
+        engine.trainer.save_checkpoint(path)
+    return path
+
+
 def load_model(model: Any, ckpt_path: str | Path | None) -> tuple[Any, dict[str, Any]]:
     """The model to predict with, and the training data's hyper-parameters stored in the checkpoint.
 
@@ -688,7 +698,7 @@ def load_model(model: Any, ckpt_path: str | Path | None) -> tuple[Any, dict[str,
         msg = f"{ckpt}: checkpoint not found; pass the .ckpt written by training (results/.../weights/lightning)"
         raise WSIError(msg)
     try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=False)
+        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors and plain types only
     except Exception as err:  # any unreadable file is a user error here
         msg = f"{ckpt}: not a readable checkpoint ({type(err).__name__}); pass the .ckpt written by training"
         raise WSIError(msg) from None
@@ -704,7 +714,7 @@ def load_model(model: Any, ckpt_path: str | Path | None) -> tuple[Any, dict[str,
         overrides["pre_trained"] = False
     if "weights_path" in hparams:
         overrides["weights_path"] = None
-    module = cls.load_from_checkpoint(ckpt, map_location="cpu", weights_only=False, **overrides)
+    module = cls.load_from_checkpoint(ckpt, map_location="cpu", **overrides)  # type: ignore[attr-defined]
     return module, data_hparams
 
 

@@ -213,6 +213,12 @@ class WSIDataModule(AnomalibDataModule):
         augmentations: Transform | None = None,
         seed: int = 0,
     ) -> None:
+        # plain types only, so checkpoints load with torch.load(weights_only=True)
+        hparams = {
+            key: str(value) if isinstance(value, Path) else value
+            for key, value in locals().items()
+            if key not in {"self", "__class__"} and not key.endswith("augmentations")
+        }
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
@@ -232,9 +238,7 @@ class WSIDataModule(AnomalibDataModule):
             msg = f"tumour_threshold must be in (0, 1], got {tumour_threshold}"
             raise ValueError(msg)
         # stored in checkpoints, so prediction reuses the training resolution and tile size
-        self.save_hyperparameters(
-            ignore=["train_augmentations", "val_augmentations", "test_augmentations", "augmentations"]
-        )
+        self.save_hyperparameters(hparams)
         self.root = Path(root)
         self.annotations = Path(annotations) if annotations is not None else None
         self.mpp = float(mpp)

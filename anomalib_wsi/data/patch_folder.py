@@ -29,7 +29,7 @@ IMAGE_EXTENSIONS = (".png", ".jpg", ".jpeg", ".tif", ".tiff", ".bmp", ".webp")
 
 def make_patch_samples(root: str | Path, split: str) -> pd.DataFrame:
     """Samples table of ``root/<split>/{good,bad}`` (label 0 for good, 1 for bad)."""
-    rows = []
+    rows: list[dict[str, object]] = []
     for sub, label in (("good", 0), ("bad", 1)):
         folder = Path(root) / split / sub
         if folder.is_dir():
