@@ -80,7 +80,7 @@ def run_demo(output: str | Path = "demo_output", seed: int = 0, max_epochs: int 
     import lightning
 
     from anomalib_wsi.data.datamodule import WSIDataModule
-    from anomalib_wsi.engine import WSIEngine
+    from anomalib_wsi.engine import WSIEngine, trained_checkpoint
     from anomalib_wsi.evaluation.report import evaluate_command
     from anomalib_wsi.models.rd_focal import RDFocal
     from anomalib_wsi.slide import Slide
