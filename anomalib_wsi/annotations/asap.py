@@ -32,7 +32,6 @@ from anomalib_wsi.annotations.model import (
     Annotations,
     Kind,
     as_multipolygon,
-    atomic_write_text,
     build_polygons,
     classify_group,
     finish,
@@ -41,6 +40,7 @@ from anomalib_wsi.annotations.model import (
     validate_group_map,
 )
 from anomalib_wsi.errors import AnnotationError
+from anomalib_wsi.io import atomic_write_text
 
 __all__ = ["GROUP_COLOURS", "annotations_to_asap", "read_asap_xml", "write_asap_xml"]
 

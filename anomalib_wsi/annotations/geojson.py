@@ -28,13 +28,13 @@ from anomalib_wsi.annotations.model import (
     AnnotationPolygon,
     Annotations,
     as_multipolygon,
-    atomic_write_text,
     build_polygons,
     classify_group,
     finish,
     validate_group_map,
 )
 from anomalib_wsi.errors import AnnotationError
+from anomalib_wsi.io import atomic_write_text
 
 __all__ = ["KIND_COLOURS", "annotations_to_geojson", "read_geojson", "write_geojson"]
 

@@ -14,11 +14,8 @@ Matching is case-insensitive; for QuPath derived classes (``"Tumor: Positive"``)
 
 from __future__ import annotations
 
-import contextlib
 import logging
 import math
-import os
-import tempfile
 from collections import Counter
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, field
@@ -470,30 +467,6 @@ def finish(
             len(warnings) - _MAX_LOGGED_WARNINGS,
         )
     return Annotations(source=source, polygons=polygons, points=points, warnings=warnings)
-
-
-def atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write a text file atomically: a temporary file beside it, then ``os.replace``.
-
-    Args:
-        path: destination.
-        text: content (UTF-8).
-
-    Returns:
-        The path written.
-    """
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    handle, tmp_name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(handle, "w", encoding="utf-8") as stream:
-            stream.write(text)
-        os.replace(tmp_name, path)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp_name)
-        raise
-    return path
 
 
 def format_number(value: float) -> str:

@@ -19,8 +19,6 @@ Example:
 from __future__ import annotations
 
 import math
-import os
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -32,6 +30,7 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
+from anomalib_wsi.io import atomic_write_text
 from anomalib_wsi.post_processing.stitch import Heatmap
 
 __all__ = [
@@ -270,21 +269,6 @@ def slide_score(
     return float(above.mean()) if above.size else 0.0
 
 
-def _atomic_write_text(path: str | Path, text: str) -> Path:
-    """Write text through a temporary file in the same folder and ``os.replace`` (no half-written file)."""
-    path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".tmp")
-    try:
-        with os.fdopen(fd, "w", encoding="utf-8", newline="\n") as handle:
-            handle.write(text)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
-    return path
-
-
 def write_detections_csv(path: str | Path, points: np.ndarray) -> Path:
     """Write Camelyon16 detections: no header, one ``confidence,x,y`` line per point, integer level-0 x, y.
 
@@ -299,7 +283,7 @@ def write_detections_csv(path: str | Path, points: np.ndarray) -> Path:
     """
     arr = np.asarray(points, dtype=np.float64).reshape(-1, 3)
     lines = [f"{conf:.6g},{round(x)},{round(y)}\n" for conf, x, y in arr]
-    return _atomic_write_text(path, "".join(lines))
+    return atomic_write_text(path, "".join(lines))
 
 
 def write_lesions_geojson(

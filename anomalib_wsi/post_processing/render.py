@@ -10,8 +10,6 @@ Example:
 
 from __future__ import annotations
 
-import os
-import tempfile
 from collections.abc import Sequence
 from pathlib import Path
 
@@ -23,6 +21,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from shapely.geometry import MultiPolygon, Polygon
 
+from anomalib_wsi.io import atomic_path
 from anomalib_wsi.post_processing.lesions import Lesion
 from anomalib_wsi.post_processing.stitch import Heatmap
 
@@ -127,12 +126,6 @@ def render_heatmap_png(
     fig.text(0.85, 1.0 - 22.0 / height_px, subtitle, fontsize=11, color="#444444", va="center", ha="right")
 
     path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(dir=path.parent, prefix=f".{path.name}.", suffix=".png")
-    os.close(fd)
-    try:
+    with atomic_path(path, suffix=".png") as tmp:
         fig.savefig(tmp, format="png", dpi=_DPI)
-        os.replace(tmp, path)
-    except BaseException:
-        Path(tmp).unlink(missing_ok=True)
-        raise
     return path

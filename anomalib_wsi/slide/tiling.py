@@ -20,7 +20,6 @@ import contextlib
 import json
 import logging
 import math
-import os
 import time
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -30,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from anomalib_wsi.errors import WSIError
+from anomalib_wsi.io import atomic_path
 from anomalib_wsi.slide.coverage import mask_coverage
 from anomalib_wsi.slide.reader import ReadPlan, Slide, list_slides
 from anomalib_wsi.slide.tissue import TissueConfig, TissueMask, detect_tissue, save_tissue_png
@@ -229,13 +229,8 @@ def _cache_key(slide_path: Path, config: TilingConfig, slide_mpp: float | None) 
 
 def _write_atomic(path: Path, write: Any) -> None:
     """Write through a temporary file in the same folder, then rename, so a crash never leaves half a file."""
-    tmp = path.with_name(f".{path.name}.{os.getpid()}.tmp")
-    try:
+    with atomic_path(path, suffix=path.suffix) as tmp:
         write(tmp)
-        tmp.replace(path)
-    finally:
-        with contextlib.suppress(FileNotFoundError):
-            tmp.unlink()
 
 
 def read_tile_table(path: str | Path) -> pd.DataFrame:
