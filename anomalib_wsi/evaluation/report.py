@@ -552,8 +552,10 @@ def _markdown(report: EvaluationReport) -> str:
         f"| isolated tumour cells set aside | {counts['itc']} |",
         f"| false positives (all confidences) | {counts['false_positives']} |",
         "",
-        "Protocol: Camelyon16 (level-5 masks at 0.243 µm level-0 spacing, lesions within 75 µm merged, ITC below "
-        "275 µm major axis ignored, FROC = mean sensitivity at 1/4, 1/2, 1, 2, 4, 8 FP per slide).",
+        f"Protocol: Camelyon16 (level-5 masks at {report.settings['mpp_lv0']:g} µm level-0 spacing"
+        f"{' as the challenge fixed it' if report.settings['mpp_lv0'] == CAMELYON16_MPP else ''}, lesions within "
+        "75 µm merged, ITC below 275 µm major axis ignored, FROC = mean sensitivity at 1/4, 1/2, 1, 2, 4, 8 FP "
+        "per slide).",
     ]
     if report.warnings:
         lines += ["", "## Warnings", ""] + [f"- {w}" for w in report.warnings]
