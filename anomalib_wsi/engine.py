@@ -8,8 +8,8 @@ and a slide score. Without ``slides`` it behaves as anomalib's ``Engine.predict`
 
 Per slide it writes (atomically) ``heatmap.npy``, ``heatmap.png``, ``lesions.geojson``, ``detections.csv`` and
 ``summary.json`` into ``<output_dir>/<slide_id>/``; for the run ``summary.csv`` and ``failures.csv``. A slide
-whose ``summary.json`` holds the same fingerprint (checkpoint and settings) is skipped (resume); a slide that
-fails is recorded and the others go on.
+whose ``summary.json`` holds the same fingerprint (checkpoint, settings and slide file) is skipped (resume); a
+slide that fails is recorded, its outputs of earlier runs are removed, and the others go on.
 """
 
 from __future__ import annotations
@@ -128,43 +128,66 @@ def _fingerprint(ckpt_path: Path | None, settings: PredictionSettings, post: dic
     return hashlib.sha256(blob.encode()).hexdigest()[:16]
 
 
+def _slide_fingerprint(run_fingerprint: str, slide_path: Path, slide_mpp: float | None) -> str:
+    """The run's fingerprint plus what identifies the slide: its file (path, size, time) and a manifest mpp."""
+    try:
+        stat = slide_path.stat()
+        file_key = f"{slide_path.resolve()}:{stat.st_size}:{stat.st_mtime_ns}"
+    except OSError:
+        file_key = str(slide_path)
+    blob = json.dumps({"run": run_fingerprint, "slide": file_key, "slide_mpp": slide_mpp}, sort_keys=True)
+    return hashlib.sha256(blob.encode()).hexdigest()[:16]
+
+
+def _clear_outputs(slide_dir: Path) -> None:
+    """Remove a slide's outputs of an earlier run, so that a slide that now fails leaves none behind."""
+    for name in ("summary.json", *(n for k, n in _FILES.items() if k != "summary")):  # summary.json first
+        (slide_dir / name).unlink(missing_ok=True)
+
+
 def _load_done(slide_dir: Path, fingerprint: str, slide_path: Path) -> SlidePrediction | None:
-    """A finished prediction with the same fingerprint, read back from its files (resume)."""
+    """A finished prediction with the same fingerprint, read back from its files (resume); None to recompute."""
     summary_path = slide_dir / "summary.json"
     if not summary_path.is_file():
         return None
     try:
         summary = json.loads(summary_path.read_text())
-    except (json.JSONDecodeError, OSError):
+    except (json.JSONDecodeError, OSError, UnicodeDecodeError):
         return None
-    if summary.get("fingerprint") != fingerprint:
+    if not isinstance(summary, dict) or summary.get("fingerprint") != fingerprint:
         return None
     paths = {key: slide_dir / name for key, name in _FILES.items()}
     if not all(p.exists() for p in paths.values()):
         return None
     from anomalib_wsi.post_processing import Heatmap
 
-    values = np.load(paths["heatmap_npy"])
-    heatmap = Heatmap(
-        values=values,
-        downsample=float(summary["heatmap_downsample"]),
-        slide_id=summary["slide_id"],
-        slide_size_lv0=tuple(summary["slide_size_lv0"]),  # type: ignore[arg-type]
-    )
-    text = paths["detections"].read_text().strip()
-    detections = np.loadtxt(paths["detections"], delimiter=",", ndmin=2) if text else np.zeros((0, 3))
-    lesions = _read_lesions(paths["geojson"])
+    try:  # a damaged or edited file means: compute the slide again
+        values = np.load(paths["heatmap_npy"])
+        heatmap = Heatmap(
+            values=values,
+            downsample=float(summary["heatmap_downsample"]),
+            slide_id=summary["slide_id"],
+            slide_size_lv0=tuple(summary["slide_size_lv0"]),  # type: ignore[arg-type]
+        )
+        text = paths["detections"].read_text().strip()
+        detections = np.loadtxt(paths["detections"], delimiter=",", ndmin=2) if text else np.zeros((0, 3))
+        lesions = _read_lesions(paths["geojson"])
+        slide_score, n_tiles, mpp = float(summary["slide_score"]), int(summary["n_tiles"]), float(summary["mpp"])
+        timings = {str(k): float(v) for k, v in dict(summary.get("timings", {})).items()}
+    except Exception as err:  # whatever is wrong with them, the slide is predicted again
+        logger.warning("%s: outputs of an earlier run are unreadable (%s); predicting it again", slide_dir, err)
+        return None
     return SlidePrediction(
         slide_id=summary["slide_id"],
         slide_path=slide_path,
-        slide_score=float(summary["slide_score"]),
+        slide_score=slide_score,
         heatmap=heatmap,
         lesions=lesions,
         detections=detections,
         paths=paths,
-        n_tiles=int(summary["n_tiles"]),
-        mpp=float(summary["mpp"]),
-        timings=dict(summary.get("timings", {})),
+        n_tiles=n_tiles,
+        mpp=mpp,
+        timings=timings,
         skipped=True,
     )
 
@@ -225,6 +248,10 @@ class _PredictTiles(Dataset):
             tile = self._handles[slide_index].read_tile(int(self.xs[index]), int(self.ys[index]), plan)
         except WSIError as err:
             error = str(err)
+        except Exception as err:  # anything else a worker meets fails this slide, not the whole run
+            where = f"({self.xs[index]}, {self.ys[index]})"
+            error = f"{path}: cannot read the tile at {where} ({type(err).__name__}: {err}); the file may be corrupt"
+        if error:
             tile = np.zeros((plan.tile_size_px, plan.tile_size_px, 3), np.uint8)
         return {
             "image": torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1),
@@ -247,6 +274,7 @@ class _SlideJob:
     stride_lv0: float
     thumbnail: np.ndarray
     thumbnail_downsample: float
+    fingerprint: str = ""
     timings: dict[str, float] = field(default_factory=dict)
     accumulator: Any = None
     done: int = 0
@@ -362,22 +390,39 @@ class WSIEngine(Engine):
         results: list[SlidePrediction] = []
         failures: list[dict[str, str]] = []
         jobs: list[_SlideJob] = []
+        seen: dict[str, Path] = {}
         bar = tqdm(slide_paths, desc="tiling", unit="slide", disable=not self.progress, leave=False)
         for slide_path, manifest_mpp in bar:
             slide_id = slide_path.stem
+            if slide_id in seen:  # both would write <output>/<slide_id>/
+                if seen[slide_id].resolve() != slide_path.resolve():
+                    msg = (
+                        f"{slide_path}: another slide of this run has the same name ({seen[slide_id]}) and its "
+                        "outputs would overwrite it; rename one or predict them into different output folders"
+                    )
+                    failures.append(_failure(slide_path, "tiling", msg))
+                continue
+            seen[slide_id] = slide_path
             out_dir = output_dir / slide_id
-            done = _load_done(out_dir, fingerprint, slide_path)
+            slide_fingerprint = _slide_fingerprint(fingerprint, slide_path, manifest_mpp)
+            done = _load_done(out_dir, slide_fingerprint, slide_path)
             if done is not None:
                 logger.info("%s: outputs exist for this checkpoint and settings; skipped", slide_id)
                 results.append(done)
                 continue
+            _clear_outputs(out_dir)
             try:
-                jobs.append(self._prepare(slide_path, manifest_mpp, out_dir, settings))
+                job = self._prepare(slide_path, manifest_mpp, out_dir, settings)
             except WSIError as err:
                 failures.append(_failure(slide_path, "tiling", str(err)))
             except Exception as err:  # one bad slide must not stop the batch
                 failures.append(_failure(slide_path, "tiling", f"{type(err).__name__}: {err}"))
-        results.extend(self._run(module, jobs, settings, fingerprint, ckpt_path, failures))
+            else:
+                job.fingerprint = slide_fingerprint
+                jobs.append(job)
+        results.extend(self._run(module, jobs, settings, ckpt_path, failures))
+        order = {slide_id: rank for rank, slide_id in enumerate(seen)}
+        results.sort(key=lambda r: order.get(r.slide_id, len(order)))  # the order the slides were given in
         _write_run_tables(output_dir, results, failures)
         self.last_failures = failures
         for failure in failures:
@@ -428,7 +473,6 @@ class WSIEngine(Engine):
         module: Any,
         jobs: list[_SlideJob],
         settings: PredictionSettings,
-        fingerprint: str,
         ckpt_path: Path | None,
         failures: list[dict[str, str]],
     ) -> Iterator[SlidePrediction]:
@@ -455,7 +499,7 @@ class WSIEngine(Engine):
         pending = {i for i, job in enumerate(jobs) if len(job.table) > 0}
         for job in jobs:  # slides without tissue tiles finish at once
             if len(job.table) == 0:
-                yield from self._finish(module, job, settings, fingerprint, ckpt_path, failures)
+                yield from self._finish(module, job, settings, ckpt_path, failures)
         total_tiles = len(dataset)
         bar = tqdm(total=total_tiles, desc="predicting", unit="tile", disable=not self.progress)
         start = time.perf_counter()
@@ -479,7 +523,7 @@ class WSIEngine(Engine):
                 if job.done >= len(job.table) and int(slide_index) in pending:
                     pending.discard(int(slide_index))
                     job.timings["predict_s"] = time.perf_counter() - job.started
-                    yield from self._finish(module, job, settings, fingerprint, ckpt_path, failures)
+                    yield from self._finish(module, job, settings, ckpt_path, failures)
             bar.update(len(slide_ids))
             elapsed = time.perf_counter() - start
             bar.set_postfix(
@@ -493,15 +537,15 @@ class WSIEngine(Engine):
         module: Any,
         job: _SlideJob,
         settings: PredictionSettings,
-        fingerprint: str,
         ckpt_path: Path | None,
         failures: list[dict[str, str]],
     ) -> Iterator[SlidePrediction]:
         if job.error:
             failures.append(_failure(job.slide_path, "reading", job.error))
+            job.accumulator = None
             return
         try:
-            yield self._write_outputs(module, job, settings, fingerprint, ckpt_path)
+            yield self._write_outputs(module, job, settings, ckpt_path)
         except WSIError as err:
             failures.append(_failure(job.slide_path, "writing", str(err)))
         except Exception as err:  # one bad slide must not stop the batch
@@ -511,7 +555,7 @@ class WSIEngine(Engine):
             job.accumulator = None  # free the heatmap of a finished slide
 
     def _write_outputs(
-        self, module: Any, job: _SlideJob, settings: PredictionSettings, fingerprint: str, ckpt_path: Path | None
+        self, module: Any, job: _SlideJob, settings: PredictionSettings, ckpt_path: Path | None
     ) -> SlidePrediction:
         from anomalib_wsi.annotations.geojson import write_geojson
         from anomalib_wsi.post_processing.lesions import write_detections_csv
@@ -566,7 +610,7 @@ class WSIEngine(Engine):
             "timings": {k: round(v, 4) for k, v in job.timings.items()},
             "checkpoint": str(ckpt_path) if ckpt_path else None,
             "settings": {**settings.__dict__, **_post_settings(module.post_processor)},
-            "fingerprint": fingerprint,
+            "fingerprint": job.fingerprint,
         }
         _atomic_write_text(paths["summary"], json.dumps(summary, indent=2, default=float))
         return SlidePrediction(
@@ -697,17 +741,25 @@ def load_model(model: Any, ckpt_path: str | Path | None) -> tuple[Any, dict[str,
     if not ckpt.is_file():
         msg = f"{ckpt}: checkpoint not found; pass the .ckpt written by training (results/.../weights/lightning)"
         raise WSIError(msg)
-    try:
-        state = torch.load(ckpt, map_location="cpu", weights_only=True)  # tensors and plain types only
-    except Exception as err:  # any unreadable file is a user error here
-        msg = f"{ckpt}: not a readable checkpoint ({type(err).__name__}); pass the .ckpt written by training"
-        raise WSIError(msg) from None
-    data_hparams = dict(state.get("datamodule_hyper_parameters") or {})
     if model is None:
         from anomalib_wsi.models.rd_focal import RDFocal
 
         model = RDFocal
     cls = model if isinstance(model, type) else type(model)
+    from anomalib.utils.serialization import anomalib_safe_globals
+
+    # tensors, plain types and the model's own allow-listed enums (e.g. AnomalyMapGenerationMode) only
+    extra = cls.checkpoint_safe_globals() if hasattr(cls, "checkpoint_safe_globals") else ()
+    try:
+        with anomalib_safe_globals(extra=extra):
+            state = torch.load(ckpt, map_location="cpu", weights_only=True)
+    except Exception as err:  # any unreadable file is a user error here
+        msg = f"{ckpt}: not a readable checkpoint ({type(err).__name__}); pass the .ckpt written by training"
+        raise WSIError(msg) from None
+    if not isinstance(state, dict) or "state_dict" not in state:
+        msg = f"{ckpt}: not a Lightning checkpoint (no state_dict); pass the .ckpt written by training"
+        raise WSIError(msg)
+    data_hparams = dict(state.get("datamodule_hyper_parameters") or {})
     overrides: dict[str, Any] = {}
     hparams = state.get("hyper_parameters", {})
     if "pre_trained" in hparams:
