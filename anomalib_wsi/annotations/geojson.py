@@ -61,7 +61,7 @@ def write_geojson(
 ) -> Path:
     """Write polygons as a QuPath FeatureCollection (atomically).
 
-    Each feature is ``{"type": "Feature", "id": <uuid4>, "geometry": Polygon|MultiPolygon (holes kept),
+    Each feature is ``{"type": "Feature", "id": <uuid5 of the geometry>, "geometry": Polygon|MultiPolygon (holes kept),
     "properties": {"objectType", "classification": {"name", "color": [r, g, b]}, "measurements": {...},
     "name"?}}``. Empty geometries are skipped (with their measurements and names); non-finite measurements are
     left out (JSON has no NaN). Coordinates are written exactly (integers without a decimal point).
@@ -101,7 +101,7 @@ def write_geojson(
             properties["name"] = str(names[index])
         properties["measurements"] = _finite_measurements(measurements[index] if measurements else {}, index)
         features.append(
-            {"type": "Feature", "id": str(uuid.uuid4()), "geometry": _geometry_json(shape), "properties": properties}
+            {"type": "Feature", "id": _feature_id(shape), "geometry": _geometry_json(shape), "properties": properties}
         )
     return _write_collection(path, features)
 
@@ -329,6 +329,12 @@ def _geometry_json(geometry: Polygon | MultiPolygon) -> dict[str, Any]:
     return {"type": "MultiPolygon", "coordinates": [_polygon_rings(p) for p in geometry.geoms]}
 
 
+def _feature_id(geometry: BaseGeometry | str) -> str:
+    """A UUID derived from the geometry: the same polygon always gets the same id, so outputs are reproducible."""
+    key = geometry if isinstance(geometry, str) else geometry.wkb_hex
+    return str(uuid.uuid5(uuid.NAMESPACE_URL, f"anomalib-wsi:{key}"))
+
+
 def _polygon_rings(polygon: Polygon) -> list[list[list[float | int]]]:
     """Exterior then holes."""
     return [_ring(polygon.exterior.coords), *(_ring(hole.coords) for hole in polygon.interiors)]
@@ -349,7 +355,12 @@ def _feature_json(
     }
     if name:
         properties["name"] = name
-    return {"type": "Feature", "id": str(uuid.uuid4()), "geometry": geometry, "properties": properties}
+    return {
+        "type": "Feature",
+        "id": _feature_id(json.dumps(geometry, sort_keys=True)),
+        "geometry": geometry,
+        "properties": properties,
+    }
 
 
 def _finite_measurements(values: Mapping[str, float], index: int) -> dict[str, float]:

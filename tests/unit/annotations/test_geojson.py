@@ -49,7 +49,7 @@ def test_written_features_have_the_layout_qupath_imports(tmp_path: Path) -> None
     for feature in (first, second):
         assert set(feature) == {"type", "id", "geometry", "properties"}  # no objectType at the root
         assert feature["type"] == "Feature"
-        assert uuid.UUID(feature["id"]).version == 4
+        assert uuid.UUID(feature["id"]).version == 5  # derived from the geometry
         assert feature["properties"]["objectType"] == "annotation"
         assert feature["properties"]["classification"] == {"name": "Tumor", "color": [200, 0, 0]}
     assert first["properties"]["measurements"] == {"max_score": 0.9, "area_um2": 1234.5}
@@ -58,11 +58,20 @@ def test_written_features_have_the_layout_qupath_imports(tmp_path: Path) -> None
     assert len(first["geometry"]["coordinates"]) == 2  # exterior + hole
     assert first["geometry"]["coordinates"][1][0] in ([10, 10], [30, 10], [30, 30], [10, 30])
     assert second["geometry"]["type"] == "MultiPolygon"
+    assert first["id"] != second["id"]
+    # the same lesions written again give byte-identical files (reproducible outputs, resume comparisons)
+    again = write_geojson(
+        tmp_path / "again.geojson",
+        [lesion, pair],
+        measurements=[{"max_score": 0.9, "area_um2": 1234.5}, {"max_score": 0.4, "area_um2": 7.0}],
+        names=["lesion 1", "lesion 2"],
+    )
+    assert again.read_bytes() == path.read_bytes()
     assert len(second["geometry"]["coordinates"]) == 2
     back = read_annotations(path)
     assert back.region.area == pytest.approx(10000 - 400 + 100 + 200)
     assert [p.name for p in back.polygons] == ["lesion 1", "lesion 2", "lesion 2"]
-    assert [p.name for p in tmp_path.iterdir()] == ["lesions.geojson"]  # atomic: no temporary file left
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["again.geojson", "lesions.geojson"]  # no temporary file left
 
 
 def test_write_options_and_edge_cases(tmp_path: Path) -> None:
