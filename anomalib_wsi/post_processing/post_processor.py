@@ -27,6 +27,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from anomalib.metrics.threshold import F1AdaptiveThreshold
 from anomalib.post_processing import PostProcessor
 
 from anomalib_wsi.post_processing.lesions import (
@@ -70,6 +71,28 @@ class SlideResult:
     lesions: list[Lesion]
     detections: np.ndarray
     slide_score: float
+
+
+class GapF1AdaptiveThreshold(F1AdaptiveThreshold):
+    """anomalib's F1-adaptive threshold, moved to the middle of the gap below it.
+
+    The F1-optimal threshold is one of the validation scores (the lowest score called anomalous). Any value
+    between it and the next lower score labels the validation set the same way; the midpoint leaves a margin on
+    both sides, so that tumour tiles of new slides scoring a little below the lowest validation tumour tile are
+    not lost (with perfectly separated validation scores, anomalib's choice sits right on the tumour edge).
+    """
+
+    def compute(self) -> torch.Tensor:  # type: ignore[override]  # as anomalib's F1AdaptiveThreshold
+        """The F1-optimal threshold, then the midpoint between it and the next lower validation score."""
+        threshold = super().compute()
+        state = getattr(self, "preds", None)
+        if self.thresholds is not None or state is None or len(state) == 0:  # binned statistics: no raw scores
+            return threshold
+        preds = (torch.cat([p.flatten() for p in state]) if isinstance(state, list) else state.flatten()).float()
+        below = preds[preds < threshold]
+        if below.numel() == 0:
+            return threshold
+        return (threshold + below.max().to(threshold.dtype)) / 2
 
 
 class WSIPostProcessor(PostProcessor):
@@ -129,6 +152,9 @@ class WSIPostProcessor(PostProcessor):
             pixel_sensitivity=pixel_sensitivity,
             **kwargs,
         )
+        # thresholds in the middle of the gap between scores (see GapF1AdaptiveThreshold)
+        self._image_threshold_metric = GapF1AdaptiveThreshold(fields=["pred_score", "gt_label"], strict=False)
+        self._pixel_threshold_metric = GapF1AdaptiveThreshold(fields=["anomaly_map", "gt_mask"], strict=False)
         self.lesion_threshold = float(lesion_threshold)
         self.min_lesion_area_um2 = float(min_lesion_area_um2)
         self.simplify_tolerance_px_lv0 = None if simplify_tolerance_px_lv0 is None else float(simplify_tolerance_px_lv0)

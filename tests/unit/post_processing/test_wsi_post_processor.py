@@ -11,8 +11,9 @@ from anomalib.post_processing import PostProcessor
 from anomalib_wsi.post_processing.post_processor import WSIPostProcessor
 from anomalib_wsi.post_processing.stitch import Heatmap, HeatmapAccumulator
 
-# Validation tile scores: normal 0.1-0.4, tumour 0.6-0.9. anomalib learns the F1 threshold 0.6, min 0.1, max 0.9,
-# so a raw score s normalises to clip((s - 0.6) / 0.8 + 0.5, 0, 1).
+# Validation tile scores: normal 0.1-0.4, tumour 0.6-0.9. anomalib's F1 threshold is 0.6 (the lowest tumour score);
+# ours moves it to the middle of the gap, 0.5. With min 0.1, max 0.9 a raw score s normalises to
+# clip((s - 0.5) / 0.8 + 0.5, 0, 1).
 VAL_SCORES = [0.1, 0.2, 0.3, 0.4, 0.6, 0.7, 0.8, 0.9]
 VAL_LABELS = [0, 0, 0, 0, 1, 1, 1, 1]
 
@@ -36,11 +37,26 @@ def _validated(pp: PostProcessor, with_maps: bool = False) -> PostProcessor:
 
 def test_learnt_threshold_normalises_to_one_half() -> None:
     pp = _validated(WSIPostProcessor())
-    assert pp.image_threshold.item() == pytest.approx(0.6)
-    normalised = pp.normalize_scores(np.array([0.1, 0.3, 0.6, 0.9, 1.5, np.nan]))
-    np.testing.assert_allclose(normalised[:5], [0.0, 0.125, 0.5, 0.875, 1.0], atol=1e-6)
-    assert np.isnan(normalised[5])  # unscored cells stay unscored
+    assert pp.image_threshold.item() == pytest.approx(0.5)
+    normalised = pp.normalize_scores(np.array([0.1, 0.3, 0.5, 0.6, 0.9, 1.5, np.nan]))
+    np.testing.assert_allclose(normalised[:6], [0.0, 0.25, 0.5, 0.625, 1.0, 1.0], atol=1e-6)
+    assert np.isnan(normalised[6])  # unscored cells stay unscored
     assert normalised.dtype == np.float32
+
+
+def test_threshold_sits_in_the_middle_of_the_validation_gap() -> None:
+    """anomalib puts the F1 threshold on the lowest tumour score (0.6): a new tumour tile at 0.58 would be missed.
+    The midpoint (0.5) labels the validation tiles the same way and keeps a margin on both sides."""
+    plain = _validated(PostProcessor())
+    ours = _validated(WSIPostProcessor())
+    assert plain.image_threshold.item() == pytest.approx(0.6)
+    assert ours.image_threshold.item() == pytest.approx(0.5)
+    val = np.array(VAL_SCORES)
+    assert ((val >= 0.5) == np.array(VAL_LABELS, dtype=bool)).all()
+    batch = ImageBatch(image=torch.zeros(1, 3, 4, 4), pred_score=torch.tensor([0.58]))
+    plain.normalize_batch(batch)
+    assert float(batch.pred_score[0]) == pytest.approx(0.475)  # anomalib: below 0.5, called normal
+    assert ours.normalize_scores(np.array([0.58]))[0] == pytest.approx(0.6)  # ours: tumour
 
 
 def test_normalisation_matches_what_anomalib_does_to_pred_score() -> None:
@@ -53,10 +69,10 @@ def test_normalisation_matches_what_anomalib_does_to_pred_score() -> None:
 
 def test_map_heatmaps_use_the_pixel_statistics() -> None:
     pp = _validated(WSIPostProcessor(), with_maps=True)
-    # pixel min/max 0-2 from the maps; no masks, so the pixel threshold is the image one (0.6)
-    assert pp.normalize_scores(np.array([0.6, 1.6]), kind="pixel").tolist() == pytest.approx([0.5, 1.0])
-    assert pp.normalize_scores(np.array([1.0]), kind="pixel")[0] == pytest.approx(0.7)  # (1.0 - 0.6) / 2 + 0.5
-    assert pp.normalize_scores(np.array([1.0]), kind="image")[0] == pytest.approx(1.0)  # (1.0 - 0.6) / 0.8 + 0.5
+    # pixel min/max 0-2 from the maps; no masks, so the pixel threshold is the image one (0.5)
+    assert pp.normalize_scores(np.array([0.5, 1.5]), kind="pixel").tolist() == pytest.approx([0.5, 1.0])
+    assert pp.normalize_scores(np.array([1.0]), kind="pixel")[0] == pytest.approx(0.75)  # (1.0 - 0.5) / 2 + 0.5
+    assert pp.normalize_scores(np.array([0.7]), kind="image")[0] == pytest.approx(0.75)  # (0.7 - 0.5) / 0.8 + 0.5
 
 
 def test_without_validation_scores_pass_through_unchanged() -> None:
@@ -67,10 +83,10 @@ def test_without_validation_scores_pass_through_unchanged() -> None:
 
 def test_process_slide_normalises_then_finds_lesions_detections_and_score() -> None:
     pp = _validated(WSIPostProcessor(lesion_threshold=0.5, min_lesion_area_um2=0.0, nms_radius_um=300.0))
-    raw = np.full((10, 10), 0.2, dtype=np.float32)  # normalises to 0: no detections there
-    raw[2:5, 2:5] = 0.7  # normalised 0.625: a 3 x 3 lesion
-    raw[3, 3] = 0.9  # normalised 0.875: its peak
-    raw[8, 8] = 0.55  # normalised 0.4375: below the lesion threshold, still a detection
+    raw = np.full((10, 10), 0.1, dtype=np.float32)  # normalises to 0: no detections there
+    raw[2:5, 2:5] = 0.7  # normalised 0.75: a 3 x 3 lesion
+    raw[3, 3] = 0.8  # normalised 0.875: its peak
+    raw[8, 8] = 0.45  # normalised 0.4375: below the lesion threshold, still a detection
     raw[0, 9] = np.nan
     heatmap = Heatmap(raw, downsample=256.0, slide_id="tumor_001", slide_size_lv0=(2560, 2560))
     result = pp.process_slide(heatmap, mpp=0.5)
@@ -92,7 +108,7 @@ def test_map_heatmaps_from_the_accumulator_are_normalised_with_pixel_statistics(
     acc.add([0], [0], [0.0], maps=np.full((1, 8, 8), 1.0, dtype=np.float32))
     result = pp.process_slide(acc.result(), mpp=0.5)
     assert acc.downsample == 128
-    assert result.heatmap.values[0, 0] == pytest.approx(0.7)  # pixel range 0-2, not the image range 0.1-0.9
+    assert result.heatmap.values[0, 0] == pytest.approx(0.75)  # pixel range 0-2, not the image range 0.1-0.9
 
 
 def test_slide_score_setting_is_applied() -> None:
@@ -108,7 +124,7 @@ def test_learnt_statistics_and_settings_survive_a_checkpoint(tmp_path) -> None:
     model = ReverseDistillation(backbone="resnet18", pre_trained=False, post_processor=pp)
     checkpoint: dict = {"state_dict": model.state_dict()}
     model.on_save_checkpoint(checkpoint)
-    assert checkpoint["state_dict"]["post_processor._image_threshold"].item() == pytest.approx(0.6)
+    assert checkpoint["state_dict"]["post_processor._image_threshold"].item() == pytest.approx(0.5)
     torch.save(checkpoint, tmp_path / "model.ckpt")
 
     loaded = torch.load(tmp_path / "model.ckpt", weights_only=True)  # plain data only
@@ -119,7 +135,7 @@ def test_learnt_statistics_and_settings_survive_a_checkpoint(tmp_path) -> None:
     assert isinstance(restored, WSIPostProcessor)
     assert (restored.lesion_threshold, restored.slide_score, restored.top_k) == (0.7, "topk", 3)
     assert restored.heatmap_cells_per_tile == 4
-    assert restored.normalize_scores(np.array([0.6]))[0] == pytest.approx(0.5)
+    assert restored.normalize_scores(np.array([0.5, 0.6]))[0] == pytest.approx(0.5)
 
 
 def test_from_post_processor_copies_anomalibs_learnt_statistics() -> None:
