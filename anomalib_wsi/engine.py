@@ -34,9 +34,18 @@ from torch.utils.data import DataLoader, Dataset
 from tqdm.auto import tqdm
 
 from anomalib_wsi.errors import WSIError
+from anomalib_wsi.io import atomic_path, atomic_save_npy, atomic_write_text
 from anomalib_wsi.slide.reader import ReadPlan, Slide, list_slides
 
-__all__ = ["PredictionSettings", "SlidePrediction", "WSIEngine", "load_model", "predict_command", "trained_checkpoint"]
+__all__ = [
+    "PredictionSettings",
+    "SlidePrediction",
+    "WSIEngine",
+    "distributed_rank",
+    "load_model",
+    "predict_command",
+    "trained_checkpoint",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -107,18 +116,6 @@ class SlidePrediction:
 
 
 # -- files -------------------------------------------------------------------------------------------------------
-def _atomic_write_text(path: Path, text: str) -> None:
-    tmp = path.with_name(f".{path.name}.tmp")
-    tmp.write_text(text, encoding="utf-8")
-    os.replace(tmp, path)
-
-
-def _atomic_save_npy(path: Path, array: np.ndarray) -> None:
-    tmp = path.with_name(f".{path.name}.tmp.npy")
-    np.save(tmp, array)
-    os.replace(tmp, path)
-
-
 def _fingerprint(ckpt_path: Path | None, settings: PredictionSettings, post: dict[str, Any]) -> str:
     ckpt = ""
     if ckpt_path is not None and ckpt_path.exists():
@@ -372,8 +369,11 @@ class WSIEngine(Engine):
 
     # -- internals ------------------------------------------------------------------------------------------------
     def _device(self) -> torch.device:
+        if self.device_name in {"auto", "cuda"} and torch.cuda.is_available():
+            _, world, local_rank = distributed_rank()
+            return torch.device(f"cuda:{local_rank % torch.cuda.device_count()}" if world > 1 else "cuda")
         if self.device_name == "auto":
-            return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+            return torch.device("cpu")
         return torch.device(self.device_name)
 
     def _predict_slides(
@@ -385,6 +385,12 @@ class WSIEngine(Engine):
         settings: PredictionSettings,
     ) -> list[SlidePrediction]:
         output_dir.mkdir(parents=True, exist_ok=True)
+        # several processes (torchrun, SLURM): each rank owns whole slides, so no tile crosses ranks
+        rank, world, _ = distributed_rank()
+        all_ids = [path.stem for path, _ in slide_paths]
+        if world > 1:
+            slide_paths = slide_paths[rank::world]
+            logger.info("rank %d of %d: %d of the slides", rank, world, len(slide_paths))
         post = module.post_processor
         fingerprint = _fingerprint(ckpt_path, settings, _post_settings(post))
         results: list[SlidePrediction] = []
@@ -423,7 +429,7 @@ class WSIEngine(Engine):
         results.extend(self._run(module, jobs, settings, ckpt_path, failures))
         order = {slide_id: rank for rank, slide_id in enumerate(seen)}
         results.sort(key=lambda r: order.get(r.slide_id, len(order)))  # the order the slides were given in
-        _write_run_tables(output_dir, results, failures)
+        _write_run_tables(output_dir, results, failures, all_ids, rank, world)
         self.last_failures = failures
         for failure in failures:
             logger.error("%s failed (%s): %s", failure["slide_id"], failure["stage"], failure["error"])
@@ -571,7 +577,7 @@ class WSIEngine(Engine):
         paths = {key: out / name for key, name in _FILES.items()}
         # summary.json last: its presence with the fingerprint marks the slide done
         paths["summary"].unlink(missing_ok=True)
-        _atomic_save_npy(paths["heatmap_npy"], heatmap.values.astype(np.float32))
+        atomic_save_npy(paths["heatmap_npy"], heatmap.values.astype(np.float32))
         write_geojson(
             paths["geojson"],
             [lesion.polygon for lesion in result.lesions],
@@ -612,7 +618,7 @@ class WSIEngine(Engine):
             "settings": {**settings.__dict__, **_post_settings(module.post_processor)},
             "fingerprint": job.fingerprint,
         }
-        _atomic_write_text(paths["summary"], json.dumps(summary, indent=2, default=float))
+        atomic_write_text(paths["summary"], json.dumps(summary, indent=2, default=float))
         return SlidePrediction(
             slide_id=job.slide_id,
             slide_path=job.slide_path,
@@ -667,7 +673,39 @@ def _failure(slide_path: Path, stage: str, error: str) -> dict[str, str]:
     return {"slide_path": str(slide_path), "slide_id": slide_path.stem, "stage": stage, "error": error}
 
 
-def _write_run_tables(output_dir: Path, results: list[SlidePrediction], failures: list[dict[str, str]]) -> None:
+_SUMMARY_COLUMNS = ["slide_id", "slide_path", "slide_score", "n_tiles", "n_lesions", "mpp", "status"]
+_FAILURE_COLUMNS = ["slide_path", "slide_id", "stage", "error"]
+
+
+def distributed_rank() -> tuple[int, int, int]:
+    """``(rank, world_size, local_rank)`` of this process: torch.distributed, torchrun or SLURM, else (0, 1, 0)."""
+    import torch.distributed as dist
+
+    if dist.is_available() and dist.is_initialized():
+        local = int(os.environ.get("LOCAL_RANK", os.environ.get("SLURM_LOCALID", "0")))
+        return dist.get_rank(), dist.get_world_size(), local
+    for rank_key, world_key, local_key in (
+        ("RANK", "WORLD_SIZE", "LOCAL_RANK"),
+        ("SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID"),
+    ):
+        if rank_key in os.environ and world_key in os.environ:
+            return int(os.environ[rank_key]), int(os.environ[world_key]), int(os.environ.get(local_key, "0"))
+    return 0, 1, 0
+
+
+def _write_run_tables(
+    output_dir: Path,
+    results: list[SlidePrediction],
+    failures: list[dict[str, str]],
+    order: list[str],
+    rank: int = 0,
+    world: int = 1,
+) -> None:
+    """Write ``summary.csv`` and ``failures.csv`` for the run (slides in the order given).
+
+    With several ranks each one writes its part to ``.ranks/`` and merges every part it finds; the rank that
+    finishes last sees all parts, so the final tables cover the whole run whichever rank ends last.
+    """
     rows = [
         {
             "slide_id": r.slide_id,
@@ -678,18 +716,25 @@ def _write_run_tables(output_dir: Path, results: list[SlidePrediction], failures
             "mpp": r.mpp,
             "status": "skipped (done before)" if r.skipped else "done",
         }
-        for r in sorted(results, key=lambda r: r.slide_id)
+        for r in results
     ]
-    summary = pd.DataFrame(
-        rows, columns=["slide_id", "slide_path", "slide_score", "n_tiles", "n_lesions", "mpp", "status"]
-    )
-    tmp = output_dir / ".summary.csv.tmp"
-    summary.to_csv(tmp, index=False)
-    os.replace(tmp, output_dir / "summary.csv")
-    table = pd.DataFrame(failures, columns=["slide_path", "slide_id", "stage", "error"])
-    tmp = output_dir / ".failures.csv.tmp"
-    table.to_csv(tmp, index=False)
-    os.replace(tmp, output_dir / "failures.csv")
+    summary = pd.DataFrame(rows, columns=_SUMMARY_COLUMNS)
+    failed = pd.DataFrame(failures, columns=_FAILURE_COLUMNS)
+    if world > 1:
+        parts = output_dir / ".ranks"
+        part = {"rank": rank, "world": world, "summary": rows, "failures": failures}
+        atomic_write_text(parts / f"rank{rank}-of-{world}.json", json.dumps(part, default=float))
+        found = [json.loads(p.read_text()) for p in sorted(parts.glob(f"rank*-of-{world}.json"))]
+        summary = pd.DataFrame([row for f in found for row in f["summary"]], columns=_SUMMARY_COLUMNS)
+        failed = pd.DataFrame([row for f in found for row in f["failures"]], columns=_FAILURE_COLUMNS)
+        if len(found) < world:
+            logger.info("rank %d of %d done; the run tables are complete once every rank is", rank, world)
+    position = {slide_id: i for i, slide_id in enumerate(order)}
+    summary = summary.sort_values("slide_id", key=lambda c: c.map(lambda v: position.get(v, len(position))))
+    with atomic_path(output_dir / "summary.csv", suffix=".csv") as tmp:
+        summary.to_csv(tmp, index=False)
+    with atomic_path(output_dir / "failures.csv", suffix=".csv") as tmp:
+        failed.to_csv(tmp, index=False)
 
 
 def _resolve_slides(slides: str | Path | Sequence[str | Path]) -> list[tuple[Path, float | None]]:
