@@ -693,6 +693,12 @@ def distributed_rank() -> tuple[int, int, int]:
     return 0, 1, 0
 
 
+def _process_group_ready() -> bool:
+    import torch.distributed as dist
+
+    return dist.is_available() and dist.is_initialized()
+
+
 def _write_run_tables(
     output_dir: Path,
     results: list[SlidePrediction],
@@ -703,8 +709,9 @@ def _write_run_tables(
 ) -> None:
     """Write ``summary.csv`` and ``failures.csv`` for the run (slides in the order given).
 
-    With several ranks each one writes its part to ``.ranks/`` and merges every part it finds; the rank that
-    finishes last sees all parts, so the final tables cover the whole run whichever rank ends last.
+    With several ranks each one writes its part to ``.ranks/``. With a process group (torchrun, Lightning) the
+    ranks wait for each other and rank 0 merges every part; without one (plain SLURM tasks) each rank merges the
+    parts it finds, so the rank that finishes last writes tables that cover the whole run.
     """
     rows = [
         {
@@ -724,6 +731,12 @@ def _write_run_tables(
         parts = output_dir / ".ranks"
         part = {"rank": rank, "world": world, "summary": rows, "failures": failures}
         atomic_write_text(parts / f"rank{rank}-of-{world}.json", json.dumps(part, default=float))
+        if _process_group_ready():
+            import torch.distributed as dist
+
+            dist.barrier()  # every part is written: rank 0 writes the complete tables
+            if rank != 0:
+                return
         found = [json.loads(p.read_text()) for p in sorted(parts.glob(f"rank*-of-{world}.json"))]
         summary = pd.DataFrame([row for f in found for row in f["summary"]], columns=_SUMMARY_COLUMNS)
         failed = pd.DataFrame([row for f in found for row in f["failures"]], columns=_FAILURE_COLUMNS)
@@ -827,7 +840,14 @@ def predict_command(
     device: str = "auto",
     threshold: float | None = None,
 ) -> int:
-    """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed."""
+    """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed (on any rank)."""
+    import torch.distributed as dist
+
+    _, world, _ = distributed_rank()
+    if world > 1 and "MASTER_ADDR" in os.environ and not dist.is_initialized():
+        # torchrun: a CPU process group only to wait for each other at the end (so no rank is stopped early
+        # by a rank that exits with failures) and to agree on the exit status
+        dist.init_process_group("gloo")
     engine = WSIEngine(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision)
     results = engine.predict(
         model=None,
@@ -846,4 +866,9 @@ def predict_command(
         len(failures),
         Path(output) / "summary.csv",
     )
-    return 1 if failures else 0
+    failed = len(failures)
+    if dist.is_available() and dist.is_initialized():
+        total = torch.tensor([failed])
+        dist.all_reduce(total)
+        failed = int(total.item())
+    return 1 if failed else 0

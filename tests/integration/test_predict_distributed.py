@@ -1,0 +1,74 @@
+"""Prediction sharded over 2 processes (torchrun, CPU): each rank owns whole slides; the outputs equal one process's."""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import pytest
+
+from anomalib_wsi.engine import WSIEngine
+from anomalib_wsi.models.rd_focal import RDFocal
+
+
+@pytest.mark.slow
+def test_two_ranks_give_the_single_process_outputs(trained_model, tmp_path: Path, one_torch_thread) -> None:
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for slide_id in trained_model.held_out_ids:
+        shutil.copy(trained_model.slide(slide_id).path, slides / f"{slide_id}.tif")
+    (slides / "broken.tif").write_bytes(b"not a slide")  # one bad slide: recorded once, by the rank that owns it
+
+    single = WSIEngine(num_workers=0, progress=False).predict(
+        model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=slides, output_dir=tmp_path / "single"
+    )
+    assert len(single) == len(trained_model.held_out_ids)
+
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    command = [
+        sys.executable,
+        "-m",
+        "torch.distributed.run",
+        "--nproc_per_node",
+        "2",
+        "--master_addr",
+        "127.0.0.1",
+        "--master_port",
+        str(port),
+        str(Path(sys.executable).parent / "anomalib-wsi"),
+        "predict",
+        "--ckpt",
+        str(trained_model.ckpt_path),
+        str(slides),
+        "--output",
+        str(tmp_path / "ranks"),
+        "--num-workers",
+        "0",
+    ]
+    env = {**os.environ, "OMP_NUM_THREADS": "1"}
+    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False, env=env)
+    # the ranks wait for each other (torchrun stops the others when one exits non-zero), agree on the status
+    assert done.returncode == 1, done.stderr[-3000:]
+    assert done.stderr.count("slides predicted") == 2, "both ranks must finish their slides"
+
+    # every slide predicted once, by one rank, with the single process's numbers (same model, same tiles, CPU)
+    for slide_id in trained_model.held_out_ids:
+        a = np.load(tmp_path / "single" / slide_id / "heatmap.npy")
+        b = np.load(tmp_path / "ranks" / slide_id / "heatmap.npy")
+        np.testing.assert_allclose(a, b, atol=1e-6, equal_nan=True)
+        score_a = json.loads((tmp_path / "single" / slide_id / "summary.json").read_text())["slide_score"]
+        score_b = json.loads((tmp_path / "ranks" / slide_id / "summary.json").read_text())["slide_score"]
+        assert abs(score_a - score_b) <= 1e-6
+    summary = pd.read_csv(tmp_path / "ranks" / "summary.csv")
+    assert sorted(summary.slide_id) == sorted(trained_model.held_out_ids)
+    failures = pd.read_csv(tmp_path / "ranks" / "failures.csv")
+    assert failures.slide_id.tolist() == ["broken"]
