@@ -290,6 +290,7 @@ class WSIEngine(Engine):
         precision: "32", "bf16" or "16"; autocast on the device.
         compile_model: wrap the torch model in ``torch.compile`` (GPU; the first batches are slower).
         progress: show progress bars.
+        channels_last: run the network channels-last (faster convolutions on GPUs); None: the model's setting.
         **kwargs: passed to anomalib's ``Engine`` (and Lightning's Trainer) for training and tile-level use.
 
     Example:
@@ -306,6 +307,7 @@ class WSIEngine(Engine):
         precision: str = "32",
         compile_model: bool = False,
         progress: bool = True,
+        channels_last: bool | None = None,
         **kwargs: Any,
     ) -> None:
         super().__init__(**kwargs)
@@ -314,6 +316,7 @@ class WSIEngine(Engine):
         self.device_name = device
         self.precision = precision
         self.compile_model = compile_model
+        self.channels_last = channels_last
         self.progress = progress
 
     # anomalib's Engine.predict has a different signature; slides=None falls back to it.
@@ -487,11 +490,14 @@ class WSIEngine(Engine):
         if not jobs:
             return
         device = self._device()
-        forward = _TileForward(module, device, settings.precision, self.compile_model)
         cells = int(getattr(module.post_processor, "heatmap_cells_per_tile", 1) or 1)
         for job in jobs:
             job.accumulator = HeatmapAccumulator(job.slide_size_lv0, job.plan.tile_size_lv0, job.stride_lv0, cells)
             job.started = time.perf_counter()
+        map_cells = max(job.accumulator.cells_per_tile_side for job in jobs) if cells > 1 else 0
+        forward = _TileForward(
+            module, device, settings.precision, self.compile_model, self.channels_last, self.batch_size, map_cells
+        )
         dataset = _PredictTiles(jobs)
         loader = DataLoader(
             dataset,
@@ -509,11 +515,12 @@ class WSIEngine(Engine):
         total_tiles = len(dataset)
         bar = tqdm(total=total_tiles, desc="predicting", unit="tile", disable=not self.progress)
         start = time.perf_counter()
-        for batch in loader:
+
+        def consume(batch: dict[str, Any], launched: _Launched) -> Iterator[SlidePrediction]:
             slide_ids = batch["slide"].numpy()
             indices = batch["index"].numpy()
             errors = batch["error"]
-            scores, maps = forward(batch["image"], want_maps=cells > 1)
+            scores, maps = launched.result()
             for slide_index in np.unique(slide_ids):
                 job = jobs[int(slide_index)]
                 sel = slide_ids == slide_index
@@ -535,6 +542,16 @@ class WSIEngine(Engine):
             bar.set_postfix(
                 slides=f"{len(jobs) - len(pending)}/{len(jobs)}", tiles_s=f"{bar.n / max(elapsed, 1e-9):.0f}"
             )
+
+        # one batch in flight: batch k+1 is queued on the device before the scores of batch k are collected
+        previous: tuple[dict[str, Any], _Launched] | None = None
+        for batch in loader:
+            launched = forward.launch(batch["image"])
+            if previous is not None:
+                yield from consume(*previous)
+            previous = (batch, launched)
+        if previous is not None:
+            yield from consume(*previous)
         bar.close()
         self.last_tiles_per_second = total_tiles / max(time.perf_counter() - start, 1e-9)
 
@@ -633,20 +650,57 @@ class WSIEngine(Engine):
         )
 
 
-class _TileForward:
-    """uint8 tiles -> raw tile scores (and anomaly maps) on the model's device, with autocast/channels_last."""
+@dataclass
+class _Launched:
+    """One batch whose forward pass was queued on the device; ``result`` waits for its scores to reach the host."""
 
-    def __init__(self, module: Any, device: torch.device, precision: str, compile_model: bool) -> None:
+    scores: torch.Tensor
+    maps: torch.Tensor | None
+    event: Any = None
+
+    def result(self) -> tuple[np.ndarray, np.ndarray | None]:
+        if self.event is not None:
+            self.event.synchronize()
+        return self.scores.numpy(), None if self.maps is None else self.maps.numpy()
+
+
+class _TileForward:
+    """uint8 tiles -> raw tile scores (and pooled anomaly maps) on the model's device.
+
+    Conversion to float and normalisation run on the device; autocast (bf16/fp16) and channels_last as asked;
+    with ``torch.compile`` the last, smaller batch is padded to the batch size so the compiled graph is reused
+    (no recompilation, no new cuDNN tuning). Results come back through pinned memory without blocking, so the
+    host prepares the next batch while the device computes (:meth:`launch`, then :meth:`_Launched.result`).
+    """
+
+    def __init__(
+        self,
+        module: Any,
+        device: torch.device,
+        precision: str,
+        compile_model: bool,
+        channels_last: bool | None = None,
+        batch_size: int | None = None,
+        map_cells: int = 0,
+    ) -> None:
         self.module = module.to(device).eval()
         self.device = device
         self.dtype = {"bf16": torch.bfloat16, "bf16-mixed": torch.bfloat16, "16": torch.float16}.get(precision)
-        self.channels_last = bool(getattr(module, "channels_last", False))
+        if channels_last is None:
+            channels_last = bool(getattr(module, "channels_last", False))
+        self.channels_last = channels_last
         if self.channels_last:
             self.module.model.to(memory_format=torch.channels_last)
-        self.net = torch.compile(self.module.model) if compile_model else self.module.model
+        self.net = torch.compile(self.module.model, dynamic=False) if compile_model else self.module.model
+        self.pad_to = batch_size if compile_model else None
+        self.map_cells = int(map_cells)
 
     @torch.inference_mode()
-    def __call__(self, images_u8: torch.Tensor, want_maps: bool = False) -> tuple[np.ndarray, np.ndarray | None]:
+    def launch(self, images_u8: torch.Tensor) -> _Launched:
+        count = int(images_u8.shape[0])
+        if self.pad_to is not None and count < self.pad_to:
+            padding = images_u8.new_zeros((self.pad_to - count, *images_u8.shape[1:]))
+            images_u8 = torch.cat([images_u8, padding])
         images = images_u8.to(self.device, non_blocking=True).float().div_(255.0)
         if self.module.pre_processor is not None:
             images = self.module.pre_processor(images)
@@ -657,11 +711,26 @@ class _TileForward:
         )
         with autocast:
             output = self.net(images)
-        scores = output.pred_score.float().reshape(-1).cpu().numpy()
+        scores = output.pred_score.float().reshape(-1)[:count]
         maps = None
-        if want_maps and output.anomaly_map is not None:
-            maps = output.anomaly_map.float().reshape(len(scores), *output.anomaly_map.shape[-2:]).cpu().numpy()
-        return scores, maps
+        if self.map_cells > 0 and output.anomaly_map is not None:
+            full = output.anomaly_map.float().reshape(-1, 1, *output.anomaly_map.shape[-2:])[:count]
+            maps = torch.nn.functional.adaptive_avg_pool2d(full, self.map_cells)[:, 0]  # pooled on the device
+        if self.device.type != "cuda":
+            return _Launched(scores.cpu(), None if maps is None else maps.cpu())
+        host_scores = torch.empty(scores.shape, dtype=scores.dtype, pin_memory=True)
+        host_scores.copy_(scores, non_blocking=True)
+        host_maps = None
+        if maps is not None:
+            host_maps = torch.empty(maps.shape, dtype=maps.dtype, pin_memory=True)
+            host_maps.copy_(maps, non_blocking=True)
+        event = torch.cuda.Event()
+        event.record()
+        return _Launched(host_scores, host_maps, event)
+
+    def __call__(self, images_u8: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:
+        """Scores (and maps) of one batch, waiting for them."""
+        return self.launch(images_u8).result()
 
 
 def _post_settings(post: Any) -> dict[str, Any]:

@@ -218,8 +218,10 @@ def _bare(
 ) -> dict[str, Any]:
     from anomalib_wsi.engine import _TileForward
 
-    forward = _TileForward(module, device, args.precision, compile_model)
     cells = int(getattr(module.post_processor, "heatmap_cells_per_tile", 1) or 1)
+    forward = _TileForward(
+        module, device, args.precision, compile_model, None, args.batch_size, cells if cells > 1 else 0
+    )
     batch = tiles_u8[: args.batch_size]
     if len(batch) < args.batch_size:  # a small slide: repeat tiles up to one batch
         batch = batch.repeat((args.batch_size + len(batch) - 1) // len(batch), 1, 1, 1)[: args.batch_size]
@@ -227,14 +229,14 @@ def _bare(
     iters = args.bare_iters or (50 if device.type == "cuda" else 5)
     warmup = 10 if device.type == "cuda" else 2
     start = time.perf_counter()
-    forward(batch, want_maps=cells > 1)  # the scores come back to the CPU: this synchronises
+    forward(batch)  # the scores come back to the CPU: this synchronises
     first_s = time.perf_counter() - start
     for _ in range(warmup - 1):
-        forward(batch, want_maps=cells > 1)
+        forward(batch)
     _synchronize(device)
     start = time.perf_counter()
     for _ in range(iters):
-        forward(batch, want_maps=cells > 1)
+        forward(batch)
     _synchronize(device)
     seconds = time.perf_counter() - start
     del forward, batch
