@@ -15,7 +15,10 @@ from typing import Any
 
 import numpy as np
 import pandas as pd
+import torch
 from anomalib.data.datamodules.base.image import AnomalibDataModule
+from anomalib.data.datasets.base.image import AnomalibDataset
+from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 from tqdm.auto import tqdm
 
@@ -387,6 +390,32 @@ class WSIDataModule(AnomalibDataModule):
                 normal.iloc[rng.permutation(len(normal))[: cap - n_tumour]],
             ]
         )
+
+    # -- loaders: workers that live across epochs (slide handles stay open), pinned memory for GPU copies ------
+    def _loader(self, dataset: AnomalibDataset, batch_size: int, shuffle: bool) -> DataLoader:
+        workers = self.num_workers
+        return DataLoader(
+            dataset,
+            batch_size=batch_size,
+            shuffle=shuffle,
+            num_workers=workers,
+            collate_fn=self.external_collate_fn or dataset.collate_fn,
+            persistent_workers=workers > 0,
+            pin_memory=torch.cuda.is_available(),
+            prefetch_factor=4 if workers > 0 else None,
+        )
+
+    def train_dataloader(self) -> DataLoader:
+        """Training tiles, shuffled (Lightning adds a distributed sampler under DDP)."""
+        return self._loader(self.train_data, self.train_batch_size, shuffle=True)
+
+    def val_dataloader(self) -> DataLoader:
+        """Validation tiles."""
+        return self._loader(self.val_data, self.eval_batch_size, shuffle=False)
+
+    def test_dataloader(self) -> DataLoader:
+        """Test tiles."""
+        return self._loader(self.test_data, self.eval_batch_size, shuffle=False)
 
     # The splits are by slide, made in ``_setup``; anomalib's tile-level test/val splitting (which drops the
     # normal tiles of a test set when no test split mode is set) must not touch them.
