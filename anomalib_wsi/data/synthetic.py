@@ -727,7 +727,7 @@ def synthesize_slide(
         msg = f"JPEG quality {jpeg_quality} is out of range; use 1 to 100 (default 90)"
         raise SynthOptionError(msg)
     if workers is None:
-        workers = max(1, min(2, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
+        workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
     desc = _describe(size[0], size[1], mpp, int(seed), tumour, n_islands, n_lesions)
     levels = _write_tiff(desc, path, jpeg_quality, min_level_px, workers)
     written_xml: Path | None = None
