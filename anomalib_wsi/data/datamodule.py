@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from anomalib_wsi.data.dataset import WSITileDataset
 from anomalib_wsi.errors import WSIError
+from anomalib_wsi.io import atomic_path
 from anomalib_wsi.slide.reader import SLIDE_EXTENSIONS, Slide, list_slides
 
 __all__ = ["ANNOTATION_EXTENSIONS", "SlideRecord", "WSIDataModule", "assign_splits", "read_manifest"]
@@ -343,9 +344,8 @@ class WSIDataModule(AnomalibDataModule):
                 "split": [r.split for r in records],
             }
         )
-        tmp = path.with_suffix(".csv.tmp")
-        table.to_csv(tmp, index=False)
-        tmp.replace(path)
+        with atomic_path(path, suffix=".csv") as tmp:  # a unique temporary name: DDP ranks write it at once
+            table.to_csv(tmp, index=False)
         return path
 
     def tile_table(self, record: SlideRecord) -> pd.DataFrame:

@@ -49,6 +49,7 @@ def test_anomalib_train_writes_a_checkpoint_that_loads(tmp_path: Path) -> None:
     # the training resolution travels in the checkpoint, so prediction tiles slides the same way
     assert data_hparams["mpp"] == 1.0 and data_hparams["tile_size_px"] == 64
     tiles = torch.rand(4, 3, 64, 64)
+    model.eval()
     with torch.inference_mode():
         scores = model.model(model.pre_processor(tiles)).pred_score.reshape(-1).numpy()
     assert scores.shape == (4,) and np.isfinite(scores).all()
