@@ -48,17 +48,9 @@ try:
 except ImportError:  # run from a checkout that is not installed (e.g. a bare GPU machine)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import parse_bool, select_device
+
 logger = logging.getLogger("bench_datamodule")
-
-
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    msg = f"expected true or false, got {text!r}"
-    raise argparse.ArgumentTypeError(msg)
 
 
 def _parser() -> argparse.ArgumentParser:
@@ -75,7 +67,7 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--workdir", default=None, help="keep the synthetic cohort here (default: temp)")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default="resnet18", help="teacher backbone (the paper: wide_resnet50_2)")
-    model.add_argument("--pre-trained", type=_parse_bool, default=False, help="fetch ImageNet weights (needs hub)")
+    model.add_argument("--pre-trained", type=parse_bool, default=False, help="fetch ImageNet weights (needs hub)")
     model.add_argument("--channels-last", action="store_true")
     run = parser.add_argument_group("run")
     run.add_argument("--device", default="auto", help="auto, cpu or cuda")
@@ -232,14 +224,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device = torch.device(("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            sys.stderr.write("--device cuda asked for, but torch sees no CUDA device\n")
-            return 2
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    selected = select_device(args.device)
+    if selected is None:
+        return 2
+    device = selected
     from lightning.fabric.utilities.apply_func import move_data_to_device
 
     from anomalib_wsi.data.datamodule import WSIDataModule

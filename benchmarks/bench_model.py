@@ -32,6 +32,8 @@ try:
 except ImportError:  # run from a checkout that is not installed (e.g. a bare GPU machine)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import parse_bool, select_device, synchronize
+
 FORWARD_MODES = ("fp32", "bf16", "fp16", "cl-fp32", "cl-bf16")
 TRAIN_MODES = ("train-fp32", "train-bf16", "train-cl-bf16")
 DEFAULT_MODES = ("fp32", "bf16", "cl-fp32", "cl-bf16", "train-fp32", "train-bf16", "train-cl-bf16")
@@ -50,23 +52,13 @@ class Result:
     compile_s: float | None
 
 
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    msg = f"expected true or false, got {text!r}"
-    raise argparse.ArgumentTypeError(msg)
-
-
 def _parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--backbone", default="resnet18", help="teacher backbone (the paper: wide_resnet50_2)")
     parser.add_argument("--size", type=int, default=128, help="tile side in pixels")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--device", default="auto", help="auto, cpu or cuda[:N]")
-    parser.add_argument("--pre-trained", type=_parse_bool, default=False, help="fetch ImageNet weights (needs the hub)")
+    parser.add_argument("--pre-trained", type=parse_bool, default=False, help="fetch ImageNet weights (needs the hub)")
     parser.add_argument("--compile", action="store_true", help="torch.compile the network (compile time reported)")
     parser.add_argument("--modes", nargs="+", default=list(DEFAULT_MODES), choices=FORWARD_MODES + TRAIN_MODES)
     parser.add_argument("--warmup", type=int, default=None, help="untimed batches (default: 2 CPU, 5 CUDA)")
@@ -89,11 +81,6 @@ def _build(backbone: str, size: int, pre_trained: bool, channels_last: bool) -> 
         channels_last=channels_last,
     )
     return model.model
-
-
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
 
 
 def _autocast(device: torch.device, mode: str) -> contextlib.AbstractContextManager[None]:
@@ -119,15 +106,15 @@ def _time(step: Callable[[], None], device: torch.device, warmup: int, iters: in
     """Seconds per call after warm-up, and the duration of the first call when it is a compilation."""
     start = time.perf_counter()
     step()
-    _synchronize(device)
+    synchronize(device)
     first_s = time.perf_counter() - start
     for _ in range(max(warmup - 1, 0)):
         step()
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(iters):
         step()
-    _synchronize(device)
+    synchronize(device)
     return (time.perf_counter() - start) / iters, first_s
 
 
@@ -187,15 +174,10 @@ def main(argv: list[str] | None = None) -> int:
     logging.basicConfig(level=logging.WARNING)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    device = torch.device(device_name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            sys.stderr.write("--device cuda asked for, but torch sees no CUDA device\n")
-            return 2
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    selected = select_device(args.device)
+    if selected is None:
+        return 2
+    device = selected
     warmup = args.warmup if args.warmup is not None else (5 if device.type == "cuda" else 2)
     iters = args.iters if args.iters is not None else (20 if device.type == "cuda" else 5)
     hardware = torch.cuda.get_device_name(device) if device.type == "cuda" else platform.processor() or "cpu"

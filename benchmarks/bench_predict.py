@@ -53,6 +53,8 @@ try:
 except ImportError:  # run from a checkout that is not installed (e.g. a bare GPU machine)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
+from _common import parse_bool, select_device, synchronize
+
 logger = logging.getLogger("bench_predict")
 
 #: Camelyon16's largest slides are about 98k x 221k level-0 px at 0.243 µm/px.
@@ -61,14 +63,6 @@ CAMELYON_MPP = 0.243
 
 
 # -- small helpers ------------------------------------------------------------------------------------------------
-def _parse_bool(text: str) -> bool:
-    value = text.strip().lower()
-    if value in {"1", "true", "yes", "on"}:
-        return True
-    if value in {"0", "false", "no", "off"}:
-        return False
-    msg = f"expected true or false, got {text!r}"
-    raise argparse.ArgumentTypeError(msg)
 
 
 def _parse_size(text: str) -> tuple[int, int]:
@@ -98,11 +92,6 @@ def _max_rss_mib(who: int = resource.RUSAGE_SELF) -> float:
     return value / (2**20 if sys.platform == "darwin" else 2**10)
 
 
-def _synchronize(device: torch.device) -> None:
-    if device.type == "cuda":
-        torch.cuda.synchronize(device)
-
-
 def _first_line(err: BaseException) -> str:
     text = str(err).strip().splitlines()
     return f"{type(err).__name__}: {text[0] if text else ''}"[:300]
@@ -128,7 +117,7 @@ def _parser() -> argparse.ArgumentParser:
     data.add_argument("--workdir", default=None, help="keep slide, checkpoint and outputs here (default: temp)")
     model = parser.add_argument_group("model")
     model.add_argument("--backbone", default="resnet18", help="teacher backbone (the paper: wide_resnet50_2)")
-    model.add_argument("--pre-trained", type=_parse_bool, default=False, help="fetch ImageNet weights (needs hub)")
+    model.add_argument("--pre-trained", type=parse_bool, default=False, help="fetch ImageNet weights (needs hub)")
     model.add_argument("--weights-path", default=None, help="local teacher weights instead of the hub")
     model.add_argument("--channels-last", action="store_true", help="channels-last model")
     model.add_argument(
@@ -233,11 +222,11 @@ def _bare(
     first_s = time.perf_counter() - start
     for _ in range(warmup - 1):
         forward(batch)
-    _synchronize(device)
+    synchronize(device)
     start = time.perf_counter()
     for _ in range(iters):
         forward(batch)
-    _synchronize(device)
+    synchronize(device)
     seconds = time.perf_counter() - start
     del forward, batch
     module.to("cpu")  # free the device for the engine's own copy of the model
@@ -538,17 +527,10 @@ def main(argv: list[str] | None = None) -> int:
         logging.getLogger(noisy).setLevel(logging.ERROR)
     if args.threads:
         torch.set_num_threads(args.threads)
-    device_name = ("cuda" if torch.cuda.is_available() else "cpu") if args.device == "auto" else args.device
-    device = torch.device(device_name)
-    if device.type == "cuda":
-        if not torch.cuda.is_available():
-            sys.stderr.write("--device cuda asked for, but torch sees no CUDA device\n")
-            return 2
-        if device.index is None:
-            device = torch.device("cuda", torch.cuda.current_device())
-        torch.backends.cudnn.benchmark = True
-        torch.backends.cuda.matmul.allow_tf32 = True
-        torch.backends.cudnn.allow_tf32 = True
+    selected = select_device(args.device)
+    if selected is None:
+        return 2
+    device = selected
 
     from anomalib_wsi.engine import load_model
     from anomalib_wsi.models.rd_focal import RDFocal
