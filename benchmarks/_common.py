@@ -3,7 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import logging
 import sys
+import tempfile
+from pathlib import Path
 
 import torch
 
@@ -42,3 +45,20 @@ def synchronize(device: torch.device) -> None:
     """Wait for the device's queued work (timings)."""
     if device.type == "cuda":
         torch.cuda.synchronize(device)
+
+
+def quiet_logs() -> None:
+    """Warnings only, and nothing below errors from Lightning and anomalib (the figures are the output)."""
+    logging.basicConfig(level=logging.WARNING, format="%(message)s")
+    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "anomalib", "anomalib_wsi"):
+        logging.getLogger(noisy).setLevel(logging.ERROR)
+
+
+def work_folder(path: str | None, prefix: str) -> tuple[Path, tempfile.TemporaryDirectory[str] | None]:
+    """``path`` (created), or a temporary folder that the caller cleans up through the returned handle."""
+    if path:
+        folder = Path(path)
+        folder.mkdir(parents=True, exist_ok=True)
+        return folder, None
+    tmp = tempfile.TemporaryDirectory(prefix=prefix)
+    return Path(tmp.name), tmp

@@ -31,7 +31,6 @@ import logging
 import platform
 import pstats
 import sys
-import tempfile
 import time
 import warnings
 from collections.abc import Iterator
@@ -48,7 +47,7 @@ try:
 except ImportError:  # run from a checkout that is not installed (e.g. a bare GPU machine)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import parse_bool, select_device
+from _common import parse_bool, quiet_logs, select_device, work_folder
 
 logger = logging.getLogger("bench_datamodule")
 
@@ -219,9 +218,7 @@ def main(argv: list[str] | None = None) -> int:
         Exit status.
     """
     args = _parser().parse_args(argv)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "anomalib", "anomalib_wsi"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_logs()
     if args.threads:
         torch.set_num_threads(args.threads)
     selected = select_device(args.device)
@@ -233,13 +230,7 @@ def main(argv: list[str] | None = None) -> int:
     from anomalib_wsi.data.datamodule import WSIDataModule
     from anomalib_wsi.data.synthetic import synthesize_cohort
 
-    tmp = None
-    if args.workdir:
-        work = Path(args.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_datamodule_")
-        work = Path(tmp.name)
+    work, tmp = work_folder(args.workdir, "bench_datamodule_")
     try:
         root = Path(args.root) if args.root else work / "cohort"
         if args.root is None and not (root / "labels.csv").is_file():

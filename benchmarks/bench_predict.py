@@ -53,7 +53,7 @@ try:
 except ImportError:  # run from a checkout that is not installed (e.g. a bare GPU machine)
     sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
-from _common import parse_bool, select_device, synchronize
+from _common import parse_bool, quiet_logs, select_device, synchronize, work_folder
 
 logger = logging.getLogger("bench_predict")
 
@@ -522,9 +522,7 @@ def main(argv: list[str] | None = None) -> int:
     args = _parser().parse_args(argv)
     if args.memory_only is not None:
         return _memory_only(args.memory_only)
-    logging.basicConfig(level=logging.WARNING, format="%(message)s")
-    for noisy in ("lightning", "lightning.pytorch", "lightning.fabric", "anomalib", "anomalib_wsi"):
-        logging.getLogger(noisy).setLevel(logging.ERROR)
+    quiet_logs()
     if args.threads:
         torch.set_num_threads(args.threads)
     selected = select_device(args.device)
@@ -536,13 +534,7 @@ def main(argv: list[str] | None = None) -> int:
     from anomalib_wsi.models.rd_focal import RDFocal
     from anomalib_wsi.slide.reader import Slide
 
-    tmp = None
-    if args.workdir:
-        work = Path(args.workdir)
-        work.mkdir(parents=True, exist_ok=True)
-    else:
-        tmp = tempfile.TemporaryDirectory(prefix="bench_predict_")
-        work = Path(tmp.name)
+    work, tmp = work_folder(args.workdir, "bench_predict_")
     errors: dict[str, str] = {}
     figures: dict[str, Any] = {}
     try:
