@@ -57,6 +57,9 @@ def _predict_parser() -> ArgumentParser:
     p.add_argument("--slide-mpp", type=float, default=None, help="level-0 mpp for slides that record none")
     p.add_argument("--device", default="auto", help="auto, cpu or cuda")
     p.add_argument("--threshold", type=float, default=None, help="lesion threshold on normalised scores (0-1)")
+    p.add_argument("--min-tissue", type=float, default=0.25, help="minimum tissue fraction of a scored tile")
+    p.add_argument("--channels-last", action="store_true", help="channels-last network (faster on GPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU; slow first batches)")
     return p
 
 

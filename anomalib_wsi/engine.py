@@ -908,6 +908,9 @@ def predict_command(
     slide_mpp: float | None = None,
     device: str = "auto",
     threshold: float | None = None,
+    min_tissue: float = 0.25,
+    channels_last: bool = False,
+    compile: bool = False,
 ) -> int:
     """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed (on any rank)."""
     import torch.distributed as dist
@@ -917,7 +920,14 @@ def predict_command(
         # torchrun: a CPU process group only to wait for each other at the end (so no rank is stopped early
         # by a rank that exits with failures) and to agree on the exit status
         dist.init_process_group("gloo")
-    engine = WSIEngine(batch_size=batch_size, num_workers=num_workers, device=device, precision=precision)
+    engine = WSIEngine(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        precision=precision,
+        compile_model=compile,
+        channels_last=True if channels_last else None,
+    )
     results = engine.predict(
         model=None,
         ckpt_path=ckpt,
@@ -926,6 +936,7 @@ def predict_command(
         stride_px=stride,
         slide_mpp=slide_mpp,
         lesion_threshold=threshold,
+        min_tissue=min_tissue,
     )
     failures = engine.last_failures
     logger.info(

@@ -132,3 +132,21 @@ def test_real_jpeg2000_slide_without_mpp_needs_slide_mpp(
         assert 0 <= int(x) < 4443 and 0 <= int(y) < 3567
     features = json.loads((output / TCGA / "lesions.geojson").read_text())["features"]
     assert len(features) == summary["n_lesions"]
+
+
+def test_channels_last_and_min_tissue_options(
+    trained_model: Any, small_slides: dict[str, SyntheticSlide], tmp_path: Path
+) -> None:
+    slide = str(small_slides["tumour"].path)
+    ckpt = str(trained_model.ckpt_path)
+    assert _predict("--ckpt", ckpt, slide, "--output", str(tmp_path / "plain")) == 0
+    assert _predict("--ckpt", ckpt, slide, "--output", str(tmp_path / "cl"), "--channels-last") == 0
+    plain = np.load(tmp_path / "plain" / "small_tumour" / "heatmap.npy")
+    channels_last = np.load(tmp_path / "cl" / "small_tumour" / "heatmap.npy")
+    # the same network in another memory layout: the same scores up to float rounding
+    np.testing.assert_allclose(plain, channels_last, atol=1e-4, equal_nan=True)
+    # a stricter tissue threshold scores fewer tiles
+    assert _predict("--ckpt", ckpt, slide, "--output", str(tmp_path / "strict"), "--min-tissue", "0.9") == 0
+    strict = json.loads((tmp_path / "strict" / "small_tumour" / "summary.json").read_text())["n_tiles"]
+    loose = json.loads((tmp_path / "plain" / "small_tumour" / "summary.json").read_text())["n_tiles"]
+    assert 0 < strict < loose
