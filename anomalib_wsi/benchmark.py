@@ -212,6 +212,7 @@ def benchmark_command(
     }
     (out / "benchmark.json").write_text(json.dumps(comparison, indent=2, default=str))
     auc = comparison["slide_auc"]
-    print(f"slide AUC {auc}  (paper: RDFocal {PAPER_RESULTS['RDFocal (FW-RD), 10 tumour slides']}, plain RD 0.6068)")
+    paper = ", ".join(f"{name} {value}" for name, value in PAPER_RESULTS.items())
+    print(f"slide AUC {auc}  (paper: {paper})")  # the command's result, not progress
     print(f"FROC {comparison['froc']}; report: {out / 'evaluation' / 'report.md'}")
     return 0
