@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 
 from anomalib_wsi.data.dataset import WSITileDataset
 from anomalib_wsi.errors import WSIError
+from anomalib_wsi.evaluation.labels import parse_label, read_slide_labels
 from anomalib_wsi.io import atomic_path
 from anomalib_wsi.slide.reader import SLIDE_EXTENSIONS, Slide, list_slides
 
@@ -54,15 +55,15 @@ class SlideRecord:
 
 
 def _parse_label(value: Any, source: Path) -> int | None:
+    """A manifest's optional ``label`` cell: the evaluation's spellings (tumor/normal, 1/0, ...), None when empty."""
     if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
         return None
-    text = str(value).strip().lower()
-    if text in {"1", "tumor", "tumour", "tumor_tissue", "tumour_tissue", "anomalous", "abnormal"}:
-        return 1
-    if text in {"0", "normal", "normal_tissue", "good"}:
-        return 0
-    msg = f"{source}: unknown slide label {value!r}; use tumor/normal or 1/0"
-    raise WSIError(msg)
+    text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
+    label = parse_label(text)
+    if label is None:
+        msg = f"{source}: unknown slide label {value!r}; use tumor/normal, 1/0 or tumor_tissue/normal_tissue"
+        raise WSIError(msg)
+    return label
 
 
 def find_annotation(annotation_dir: Path | None, slide_id: str) -> Path | None:
@@ -309,13 +310,7 @@ class WSIDataModule(AnomalibDataModule):
             if annotation_dir is None and (root / "annotations").is_dir():
                 annotation_dir = root / "annotations"
             if (root / "labels.csv").is_file():
-                table = pd.read_csv(root / "labels.csv")
-                if {"slide_id", "label"} <= set(table.columns):
-                    labels = {
-                        str(s): lab
-                        for s, v in zip(table.slide_id, table.label, strict=True)
-                        if (lab := _parse_label(v, root / "labels.csv")) is not None
-                    }
+                labels = read_slide_labels(root / "labels.csv")
             records = [
                 SlideRecord(path, find_annotation(annotation_dir, path.stem), None, labels.get(path.stem))
                 for path in list_slides(slide_dir)
