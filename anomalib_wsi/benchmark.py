@@ -36,12 +36,17 @@ PAPER_TRAIN_SLIDES = tuple(f"tumor_{n:03d}" for n in (1, 11, 22, 34, 45, 57, 70,
 #: Slide AUCs the paper reports on the Camelyon16 test set.
 PAPER_RESULTS = {"RDFocal (FW-RD), 10 tumour slides": 0.9036, "plain RD": 0.6068}
 
-#: Settings of configs/rd_focal_wsi.yaml (the paper's), used unless ``--config`` overrides them.
+#: Settings of configs/rd_focal_wsi.yaml (the paper's), used unless ``--config`` overrides them; a test keeps the
+#: two equal (the installed package has no configs/ folder to read).
 DEFAULT_SETTINGS: dict[str, Any] = {
     "model": {
         "backbone": "wide_resnet50_2",
+        "layers": ["layer1", "layer2", "layer3"],
+        "anomaly_map_mode": "multiply",
         "pre_trained": True,
+        "weights_path": None,
         "image_size": 256,
+        "channels_last": True,
         "loss": "focal",
         "alpha_normal": 0.1,
         "alpha_tumour": 0.9,
@@ -66,7 +71,14 @@ DEFAULT_SETTINGS: dict[str, Any] = {
         "num_workers": 8,
         "seed": 42,
     },
-    "trainer": {"max_epochs": 200, "accelerator": "auto", "devices": 1, "precision": "bf16-mixed"},
+    "trainer": {
+        "max_epochs": 200,
+        "accelerator": "auto",
+        "devices": 1,
+        "precision": "bf16-mixed",
+        "log_every_n_steps": 20,
+        "check_val_every_n_epoch": 10,
+    },
     "predict": {"batch_size": 64, "num_workers": 8, "precision": "bf16"},
 }
 

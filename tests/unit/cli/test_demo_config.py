@@ -8,6 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
+from anomalib_wsi.benchmark import DEFAULT_SETTINGS
 from anomalib_wsi.demo import DEMO_DATA, DEMO_MODEL, DEMO_TRAINER
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -18,6 +19,14 @@ def test_demo_uses_the_demo_config_settings() -> None:
     assert config["model"]["init_args"] == DEMO_MODEL
     assert config["data"]["init_args"] == DEMO_DATA
     assert config["trainer"] == DEMO_TRAINER
+
+
+def test_camelyon16_runner_uses_the_paper_config_settings() -> None:
+    config = yaml.safe_load((CONFIGS / "rd_focal_wsi.yaml").read_text())
+    data = {k: v for k, v in config["data"]["init_args"].items() if k not in {"root", "annotations"}}
+    assert DEFAULT_SETTINGS["model"] == config["model"]["init_args"]
+    assert DEFAULT_SETTINGS["data"] == data  # the runner writes its own manifest and annotation paths
+    assert DEFAULT_SETTINGS["trainer"] == config["trainer"]
 
 
 @pytest.mark.parametrize("name", ["rd_focal_demo.yaml", "rd_focal_wsi.yaml"])
