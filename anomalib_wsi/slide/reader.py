@@ -118,6 +118,12 @@ def _read_bgra(handle: Any, x: int, y: int, level: int, width: int, height: int)
     return buffer.view(np.uint8).reshape(height, width, 4)
 
 
+def _reason(err: BaseException) -> str:
+    """The first line of an openslide error, for a one-line message."""
+    text = str(err).strip()
+    return text.splitlines()[0] if text else type(err).__name__
+
+
 class Slide:
     """One whole-slide image opened with openslide.
 
@@ -161,7 +167,7 @@ class Slide:
             try:
                 self._handle = openslide.OpenSlide(str(self.path))
             except (openslide.OpenSlideError, openslide.OpenSlideUnsupportedFormatError, OSError) as err:
-                reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+                reason = _reason(err)
                 msg = (
                     f"{self.path}: openslide cannot open this file ({reason}); "
                     "check that it is a complete whole-slide image (.svs, .tif, .ndpi, .mrxs, ...)"
@@ -332,7 +338,7 @@ class Slide:
                 return _premultiplied_bgra_to_rgb(bgra)
             region = self.handle.read_region((x, y), level, (width, height))
         except (openslide.OpenSlideError, OSError, ValueError) as err:
-            reason = str(err).strip().splitlines()[0] if str(err).strip() else type(err).__name__
+            reason = _reason(err)
             msg = f"{self.path}: cannot read pixels at ({x}, {y}) level {level} ({reason}); the file may be corrupt"
             raise SlideReadError(msg) from None
         return _rgba_to_rgb(np.asarray(region))
