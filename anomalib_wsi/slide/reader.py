@@ -23,6 +23,7 @@ import cv2
 import numpy as np
 
 from anomalib_wsi.errors import SlideOpenError, SlideReadError, SlideResolutionError, SlideTooSmallError
+from anomalib_wsi.slide.tiff_tiles import TiffTiles
 
 __all__ = ["MAX_PLAUSIBLE_MPP", "SLIDE_EXTENSIONS", "ReadPlan", "Slide", "list_slides"]
 
@@ -131,13 +132,20 @@ class Slide:
         path: slide file.
         mpp: level-0 resolution in µm per pixel; overrides the metadata. Required when the slide records none.
         mpp_tolerance: relative tolerance when matching a pyramid level to a target mpp (0.1 = 10 %).
+        direct_tiff: decode the tiles of TIFF-based slides (generic TIFF, Aperio) directly where the result equals
+            openslide's (see :mod:`anomalib_wsi.slide.tiff_tiles`); False reads every pixel through openslide.
 
     Raises:
         SlideOpenError: openslide cannot open the file.
     """
 
-    def __init__(self, path: str | Path, mpp: float | None = None, mpp_tolerance: float = 0.1) -> None:
+    def __init__(
+        self, path: str | Path, mpp: float | None = None, mpp_tolerance: float = 0.1, direct_tiff: bool = True
+    ) -> None:
         self.path = Path(path)
+        self.direct_tiff = direct_tiff
+        self._direct: TiffTiles | None = None
+        self._direct_pid = -1
         self.slide_id = self.path.stem
         self.mpp_tolerance = mpp_tolerance
         self._mpp_override = mpp
@@ -176,16 +184,30 @@ class Slide:
             self._pid = os.getpid()
         return self._handle
 
+    def _direct_tiles(self) -> TiffTiles | None:
+        """This process's direct TIFF tile reader (None when the slide is not served by one)."""
+        if self._direct_pid != os.getpid():
+            self._direct = None
+            if self.direct_tiff:
+                self._direct = TiffTiles.open(self.path, self.vendor, self.level_dimensions, self.level_downsamples)
+            self._direct_pid = os.getpid()
+        return self._direct
+
     def close(self) -> None:
-        """Close the handle of this process (it reopens on next use)."""
+        """Close the handles of this process (they reopen on next use)."""
         if self._handle is not None and self._pid == os.getpid():
             self._handle.close()
+        if self._direct is not None and self._direct_pid == os.getpid():
+            self._direct.close()
         self._handle = None
+        self._direct, self._direct_pid = None, -1
 
     def __getstate__(self) -> dict[str, Any]:
         state = self.__dict__.copy()
         state["_handle"] = None
         state["_pid"] = -1
+        state["_direct"] = None
+        state["_direct_pid"] = -1
         return state
 
     def __enter__(self) -> Slide:
@@ -323,15 +345,27 @@ class Slide:
     def read_region(self, x: int, y: int, level: int, size: tuple[int, int]) -> np.ndarray:
         """Read a region as uint8 RGB (H, W, 3); (x, y) in level-0 pixels, ``size`` (w, h) at ``level``.
 
+        Areas outside the slide and unscanned (transparent) areas are white.
+
         Raises:
             SlideReadError: openslide fails to decode the pixels.
         """
-        import openslide
-
         x, y, level, width, height = int(x), int(y), int(level), int(size[0]), int(size[1])
         if width < 0 or height < 0:
             msg = f"read_region: size must not be negative, got {size}"
             raise ValueError(msg)
+        direct = self._direct_tiles()
+        if direct is not None:
+            region = direct.read_region(
+                x, y, level, width, height, reference=lambda: self._read_openslide(x, y, level, width, height)
+            )
+            if region is not None:
+                return region
+        return self._read_openslide(x, y, level, width, height)
+
+    def _read_openslide(self, x: int, y: int, level: int, width: int, height: int) -> np.ndarray:
+        import openslide
+
         try:
             bgra = _read_bgra(self.handle, x, y, level, width, height)
             if bgra is not None:
