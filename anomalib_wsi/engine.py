@@ -219,43 +219,144 @@ _FILES = {
 
 
 # -- tiles ------------------------------------------------------------------------------------------------------
-class _PredictTiles(Dataset):
-    """All tiles of all slides as one map-style dataset: uint8 CHW tensors, read by per-worker slide handles."""
+class _TileRing:
+    """Reusable batch slots in shared memory that the loader workers read tiles into.
 
-    def __init__(self, jobs: list[_SlideJob]) -> None:
+    Batch ``b`` goes to slot ``b % n_slots``; a worker fills it and the main process gets back only the batch
+    number, so no batch is allocated, handed over as a file, freed or copied into pinned memory on the way (each of
+    those costs the main process milliseconds per 25 MB batch). The DataLoader hands out batch ``b + in_flight``
+    only once batch ``b`` has reached the main process, which by then still reads slots ``b`` and ``b - 1`` (one
+    batch in flight on the device): ``in_flight + 2`` slots never overwrite a slot in use. Each slot carries the
+    number of the batch last written into it, checked on receipt.
+
+    On CUDA the slots are page-locked with ``cudaHostRegister`` once the workers have started (registered pages are
+    not inherited across a fork), so the copies to the device run asynchronously; where that fails they are copied
+    through pinned memory instead.
+    """
+
+    def __init__(self, n_slots: int, batch_size: int, tile_size_px: int) -> None:
+        self.n_slots = n_slots
+        shape = (n_slots, batch_size, tile_size_px, tile_size_px, 3)
+        try:
+            self.pixels = torch.empty(shape, dtype=torch.uint8).share_memory_()
+        except RuntimeError as err:
+            gib = math.prod(shape) / 2**30
+            reason = (str(err).strip().splitlines() or [type(err).__name__])[0]
+            msg = (
+                f"cannot allocate {gib:.1f} GiB of shared memory for the tile loader ({reason}); "
+                "lower --batch-size or --num-workers, or give the machine more shared memory (docker: --shm-size)"
+            )
+            raise WSIError(msg) from None
+        self.stamps = torch.full((n_slots,), -1, dtype=torch.int64).share_memory_()
+        self.registered = False
+
+    def slot(self, batch: int) -> int:
+        return batch % self.n_slots
+
+    def receive(self, batch: int, count: int) -> torch.Tensor:
+        """The (count, H, W, 3) tiles of ``batch``, checked to be that batch's."""
+        slot = self.slot(batch)
+        if int(self.stamps[slot]) != batch:
+            msg = f"tile loader: slot {slot} holds batch {int(self.stamps[slot])}, expected {batch} (ring overrun)"
+            raise RuntimeError(msg)
+        return self.pixels[slot, :count]
+
+    def register(self, device: torch.device) -> None:
+        """Page-lock the slots for asynchronous copies to a CUDA device (after the workers have started)."""
+        if device.type != "cuda" or self.registered:
+            return
+        try:
+            status = torch.cuda.cudart().cudaHostRegister(self.pixels.data_ptr(), self.pixels.nbytes, 0)
+            self.registered = int(status) == 0 and self.pixels.is_pinned()
+        except Exception as err:  # no cudart binding, or the driver refuses: pinned copies instead
+            logger.debug("cudaHostRegister of the tile ring failed: %s", err)
+        if not self.registered:
+            logger.debug("tile ring not page-locked; batches are copied through pinned memory")
+
+    def unregister(self) -> None:
+        if self.registered:
+            with contextlib.suppress(Exception):
+                torch.cuda.cudart().cudaHostUnregister(self.pixels.data_ptr())
+            self.registered = False
+
+
+class _PredictBatches(Dataset):
+    """All tiles of all slides in batches: item ``b`` is batch ``b``, read into slot ``b`` of a :class:`_TileRing`.
+
+    A worker reads a whole batch into its slot and returns the batch number with two small index arrays and the
+    error messages, so the main process receives no pixels and collates nothing. Tiles stay channels-last
+    (H, W, 3) as read; on the device a permute makes them the (N, 3, H, W) channels-last tensor the network wants.
+    """
+
+    def __init__(self, jobs: list[_SlideJob], batch_size: int, ring: _TileRing | None = None) -> None:
         self.slides = [(str(j.slide_path), j.slide_mpp, j.plan) for j in jobs]
-        self.offsets = np.cumsum([0] + [len(j.table) for j in jobs])
+        self.batch_size = int(batch_size)
+        self.tile_size_px = jobs[0].plan.tile_size_px if jobs else 0
+        counts = [len(j.table) for j in jobs]
+        self.slide_of = np.repeat(np.arange(len(jobs), dtype=np.int64), counts)
+        self.index_in_slide = np.concatenate([np.arange(n, dtype=np.int64) for n in counts] or [np.zeros(0, np.int64)])
         self.xs = np.concatenate([j.table.x.to_numpy(np.int64) for j in jobs]) if jobs else np.zeros(0, np.int64)
         self.ys = np.concatenate([j.table.y.to_numpy(np.int64) for j in jobs]) if jobs else np.zeros(0, np.int64)
+        self.n_tiles = int(sum(counts))
+        self.ring = ring
         self._handles: dict[int, Slide] = {}
         self._pid = -1
 
     def __len__(self) -> int:
-        return int(self.offsets[-1])
+        return -(-self.n_tiles // self.batch_size) if self.batch_size > 0 else 0
 
-    def __getitem__(self, index: int) -> dict[str, Any]:
-        slide_index = int(np.searchsorted(self.offsets, index, side="right") - 1)
+    def __getitem__(self, batch: int) -> dict[str, Any]:
+        start, stop = batch * self.batch_size, min((batch + 1) * self.batch_size, self.n_tiles)
+        if not 0 <= start < stop:
+            raise IndexError(batch)
+        side = self.tile_size_px
+        if self.ring is not None:
+            self.ring.stamps[self.ring.slot(batch)] = -1  # being written
+            images = self.ring.pixels[self.ring.slot(batch), : stop - start]
+        else:
+            images = torch.empty((stop - start, side, side, 3), dtype=torch.uint8)
+        pixels = images.numpy()
+        errors = {}  # row -> message, for the tiles that could not be read
+        for row, index in enumerate(range(start, stop)):
+            error = self._read_into(pixels[row], index)
+            if error:
+                errors[row] = error
+        if self.ring is not None:
+            self.ring.stamps[self.ring.slot(batch)] = batch  # after the pixels: the slot now holds this batch
+        return {
+            "batch": batch,
+            "count": stop - start,
+            "image": None if self.ring is not None else images,
+            "slide": self.slide_of[start:stop].copy(),  # numpy: pickled inline, not handed over as shared memory
+            "index": self.index_in_slide[start:stop].copy(),
+            "error": errors,
+        }
+
+    def _read_into(self, out: np.ndarray, index: int) -> str:
+        """Read tile ``index`` into ``out``; zeros and the error message when it cannot be read."""
+        slide_index = int(self.slide_of[index])
         path, mpp, plan = self.slides[slide_index]
         if self._pid != os.getpid():
             self._handles, self._pid = {}, os.getpid()
-        error = ""
         try:
             if slide_index not in self._handles:
+                for handle in self._handles.values():
+                    handle.close()
                 self._handles = {slide_index: Slide(path, mpp=mpp)}  # one open slide per worker at a time
-            tile = self._handles[slide_index].read_tile(int(self.xs[index]), int(self.ys[index]), plan)
+            out[...] = self._handles[slide_index].read_tile(int(self.xs[index]), int(self.ys[index]), plan)
         except WSIError as err:
-            error = str(err)
+            out[...] = 0
+            return str(err)
         except Exception as err:  # anything else a worker meets fails this slide, not the whole run
+            out[...] = 0
             where = f"({self.xs[index]}, {self.ys[index]})"
-            error = f"{path}: cannot read the tile at {where} ({type(err).__name__}: {err}); the file may be corrupt"
-        if error:
-            tile = np.zeros((plan.tile_size_px, plan.tile_size_px, 3), np.uint8)
-        return {
-            "image": torch.from_numpy(np.ascontiguousarray(tile)).permute(2, 0, 1),
-            "slide": slide_index,
-            "index": index - int(self.offsets[slide_index]),
-            "error": error,
-        }
+            return f"{path}: cannot read the tile at {where} ({type(err).__name__}: {err}); the file may be corrupt"
+        return ""
+
+
+def _as_is(item: Any) -> Any:
+    """The DataLoader's collate function for items that are batches already (numpy stays numpy: no shared memory)."""
+    return item
 
 
 @dataclass
@@ -368,6 +469,7 @@ class WSIEngine(Engine):
         )
         paths = _resolve_slides(slides)
         self.last_failures: list[dict[str, str]] = []
+        self.last_stage_seconds: dict[str, float] = {}
         return self._predict_slides(module, Path(ckpt_path) if ckpt_path else None, paths, Path(output_dir), settings)
 
     # -- internals ------------------------------------------------------------------------------------------------
@@ -498,33 +600,46 @@ class WSIEngine(Engine):
         forward = _TileForward(
             module, device, settings.precision, self.compile_model, self.channels_last, self.batch_size, map_cells
         )
-        dataset = _PredictTiles(jobs)
+        prefetch = 2
+        n_batches = -(-sum(len(job.table) for job in jobs) // self.batch_size)
+        n_slots = min(n_batches, prefetch * max(1, self.num_workers) + 2)
+        tile_side = jobs[0].plan.tile_size_px
+        ring = _TileRing(max(1, n_slots), self.batch_size, tile_side)
+        dataset = _PredictBatches(jobs, self.batch_size, ring)
         loader = DataLoader(
             dataset,
-            batch_size=self.batch_size,
+            batch_size=None,  # the dataset's items are whole batches
+            collate_fn=_as_is,
             shuffle=False,
             num_workers=self.num_workers,
-            pin_memory=device.type == "cuda",
+            pin_memory=False,  # the ring's slots are page-locked instead
             persistent_workers=False,
-            prefetch_factor=4 if self.num_workers > 0 else None,
+            prefetch_factor=prefetch if self.num_workers > 0 else None,
         )
         pending = {i for i, job in enumerate(jobs) if len(job.table) > 0}
         for job in jobs:  # slides without tissue tiles finish at once
             if len(job.table) == 0:
                 yield from self._finish(module, job, settings, ckpt_path, failures)
-        total_tiles = len(dataset)
+        total_tiles = dataset.n_tiles
         bar = tqdm(total=total_tiles, desc="predicting", unit="tile", disable=not self.progress)
         start = time.perf_counter()
+        # where the main process spends the streaming time (benchmarks print it): waiting for tiles from the
+        # workers, queueing the network on the device, waiting for its scores, stitching, writing slide outputs
+        stages = dict.fromkeys(("wait_tiles", "launch", "wait_device", "stitch", "outputs"), 0.0)
+        self.last_stage_seconds = stages
 
         def consume(batch: dict[str, Any], launched: _Launched) -> Iterator[SlidePrediction]:
-            slide_ids = batch["slide"].numpy()
-            indices = batch["index"].numpy()
+            slide_ids = batch["slide"]
+            indices = batch["index"]
             errors = batch["error"]
+            clock = time.perf_counter()
             scores, maps = launched.result()
+            stages["wait_device"] += time.perf_counter() - clock
+            clock = time.perf_counter()
             for slide_index in np.unique(slide_ids):
                 job = jobs[int(slide_index)]
                 sel = slide_ids == slide_index
-                bad = [e for e, s in zip(errors, sel, strict=True) if s and e]
+                bad = [message for row, message in sorted(errors.items()) if sel[row]]
                 if bad and not job.error:
                     job.error = bad[0]
                 rows = job.table.iloc[indices[sel]]
@@ -536,7 +651,12 @@ class WSIEngine(Engine):
                 if job.done >= len(job.table) and int(slide_index) in pending:
                     pending.discard(int(slide_index))
                     job.timings["predict_s"] = time.perf_counter() - job.started
+                    stages["stitch"] += time.perf_counter() - clock
+                    clock = time.perf_counter()
                     yield from self._finish(module, job, settings, ckpt_path, failures)
+                    stages["outputs"] += time.perf_counter() - clock
+                    clock = time.perf_counter()
+            stages["stitch"] += time.perf_counter() - clock
             bar.update(len(slide_ids))
             elapsed = time.perf_counter() - start
             bar.set_postfix(
@@ -545,13 +665,28 @@ class WSIEngine(Engine):
 
         # one batch in flight: batch k+1 is queued on the device before the scores of batch k are collected
         previous: tuple[dict[str, Any], _Launched] | None = None
-        for batch in loader:
-            launched = forward.launch(batch["image"])
+        batches = iter(loader)  # the workers start here; the ring is page-locked after the fork
+        ring.register(device)
+        try:
+            while True:
+                clock = time.perf_counter()
+                batch = next(batches, None)
+                stages["wait_tiles"] += time.perf_counter() - clock
+                if batch is None:
+                    break
+                clock = time.perf_counter()
+                launched = forward.launch(ring.receive(batch["batch"], batch["count"]))
+                stages["launch"] += time.perf_counter() - clock
+                if previous is not None:
+                    yield from consume(*previous)
+                previous = (batch, launched)
             if previous is not None:
                 yield from consume(*previous)
-            previous = (batch, launched)
-        if previous is not None:
-            yield from consume(*previous)
+        finally:
+            del batches
+            if previous is not None and previous[1].event is not None:
+                previous[1].event.synchronize()  # no copy may still read a slot that is unregistered
+            ring.unregister()
         bar.close()
         self.last_tiles_per_second = total_tiles / max(time.perf_counter() - start, 1e-9)
 
@@ -665,7 +800,7 @@ class _Launched:
 
 
 class _TileForward:
-    """uint8 tiles -> raw tile scores (and pooled anomaly maps) on the model's device.
+    """uint8 tiles (N, H, W, 3) -> raw tile scores (and pooled anomaly maps) on the model's device.
 
     Conversion to float and normalisation run on the device; autocast (bf16/fp16) and channels_last as asked;
     with ``torch.compile`` the last, smaller batch is padded to the batch size so the compiled graph is reused
@@ -701,11 +836,13 @@ class _TileForward:
         if self.pad_to is not None and count < self.pad_to:
             padding = images_u8.new_zeros((self.pad_to - count, *images_u8.shape[1:]))
             images_u8 = torch.cat([images_u8, padding])
-        images = images_u8.to(self.device, non_blocking=True).float().div_(255.0)
+        if self.device.type == "cuda" and not images_u8.is_pinned():
+            images_u8 = images_u8.pin_memory()  # an asynchronous copy needs page-locked memory
+        # (N, H, W, 3) as read -> (N, 3, H, W) laid out channels-last: the permute is free, any copy runs on the device
+        images = images_u8.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
         if self.module.pre_processor is not None:
             images = self.module.pre_processor(images)
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
+        images = images.contiguous(memory_format=torch.channels_last if self.channels_last else torch.contiguous_format)
         autocast = (
             torch.autocast(self.device.type, dtype=self.dtype) if self.dtype is not None else contextlib.nullcontext()
         )

@@ -192,13 +192,13 @@ def _tile_table(slide_path: Path, args: argparse.Namespace, mpp: float, cache_di
 
 
 def _read_tiles(slide_path: Path, table: Any, mpp: float, tile_size: int, n: int) -> torch.Tensor:
-    """The first ``n`` tiles of the table as a uint8 (n, 3, H, W) tensor."""
+    """The first ``n`` tiles of the table as a uint8 (n, H, W, 3) tensor, as the engine's loader delivers them."""
     from anomalib_wsi.slide.reader import Slide
 
     with Slide(slide_path) as slide:
         plan = slide.plan_read(mpp, tile_size)
         tiles = [slide.read_tile(int(x), int(y), plan) for x, y in zip(table.x[:n], table.y[:n], strict=True)]
-    return torch.from_numpy(np.stack(tiles)).permute(0, 3, 1, 2).contiguous()
+    return torch.from_numpy(np.stack(tiles))
 
 
 # -- a) bare model ------------------------------------------------------------------------------------------------
@@ -280,6 +280,7 @@ def _engine_predict(
         "tiles_per_s_call": result.n_tiles / seconds,
         "tiles_per_s_stream": float(getattr(engine, "last_tiles_per_second", float("nan"))),
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
+        "main_process_s": {k: round(v, 3) for k, v in getattr(engine, "last_stage_seconds", {}).items()},
         "heatmap_shape": list(result.heatmap.values.shape),
         "cuda_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
@@ -315,7 +316,7 @@ def _stock(ckpt: Path, tiles_u8: torch.Tensor, work: Path, args: argparse.Namesp
     folder.mkdir(parents=True, exist_ok=True)
     for old in folder.glob("*.png"):
         old.unlink()
-    for i, tile in enumerate(tiles_u8.permute(0, 2, 3, 1).numpy()):
+    for i, tile in enumerate(tiles_u8.numpy()):
         cv2.imwrite(str(folder / f"tile_{i:06d}.png"), cv2.cvtColor(tile, cv2.COLOR_RGB2BGR))
     n = len(tiles_u8)
     with _quiet():
@@ -481,6 +482,7 @@ def _print_report(figures: dict[str, Any], args: argparse.Namespace, device: tor
             f"   (best of {', '.join(f'{v:.1f}' for v in engine['all_tiles_per_s_stream'])})"
         )
         print(f"   stages: {engine['timings']}")
+        print(f"   main process while streaming (s): {engine['main_process_s']}")
     if stock:
         print(
             f"{'c) anomalib Engine.predict(data_path)':<40}{stock['tiles']:>8}{stock['call_s']:>10.2f}"

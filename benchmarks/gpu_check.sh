@@ -8,7 +8,7 @@
 set -uo pipefail
 OUT=${OUT:-/tmp/gpu_check}
 mkdir -p "$OUT"
-if [[ -d .whl ]]; then
+if [[ -d .whl && "${SMOKE:-0}" != 1 ]]; then  # the smoke run uses this machine's environment
   python3 -m pip install -q --no-index --no-deps --no-compile --no-cache-dir --upgrade --target /tmp/site .whl/*.whl \
     && export PYTHONPATH=/tmp/site:$PWD || exit 1
 fi

@@ -1,0 +1,57 @@
+"""The prediction tile loader: whole batches read by workers into a ring of shared slots, batch numbers handed over."""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+from torch.utils.data import DataLoader
+
+from anomalib_wsi.data.synthetic import synthesize_slide
+from anomalib_wsi.engine import _as_is, _PredictBatches, _SlideJob, _TileRing
+from anomalib_wsi.slide import Slide, TilingConfig, tile_slide
+
+
+@pytest.fixture(scope="module")
+def job(tmp_path_factory: pytest.TempPathFactory) -> _SlideJob:
+    """The tiles of a 3072 px synthetic slide at 1 µm/px, 64 px (the tests' scale)."""
+    path = synthesize_slide(tmp_path_factory.mktemp("loader") / "s.tif", size_px=3072, mpp=0.5, seed=5).path
+    slide = Slide(path)
+    plan = slide.plan_read(1.0, 64)
+    table = tile_slide(slide, TilingConfig(mpp=1.0, tile_size_px=64)).reset_index(drop=True)
+    return _SlideJob(path, slide.slide_id, None, path.parent, plan, table, slide.dimensions, slide.mpp, 128.0,
+                     np.zeros((1, 1, 3), np.uint8), 1.0)  # fmt: skip
+
+
+def test_two_workers_deliver_every_tile_in_order_through_the_ring(job: _SlideJob) -> None:
+    """2 workers, 6 slots, 113 tiles in batches of 4 (29 batches: the ring goes round 4 times). Every batch holds
+    exactly the tiles Slide.read_tile gives, in table order; the main process receives batch numbers and row
+    indices, never pixels."""
+    batch_size = 4
+    ring = _TileRing(2 * 2 + 2, batch_size, 64)
+    dataset = _PredictBatches([job], batch_size, ring)
+    loader = DataLoader(dataset, batch_size=None, collate_fn=_as_is, num_workers=2, prefetch_factor=2)
+    slide = Slide(job.slide_path)
+    seen = []
+    for batch in loader:
+        assert batch["image"] is None
+        tiles = ring.receive(batch["batch"], batch["count"]).numpy()
+        rows = job.table.iloc[batch["index"]]
+        expected = np.stack([slide.read_tile(x, y, job.plan) for x, y in zip(rows.x, rows.y, strict=True)])
+        assert np.array_equal(tiles, expected)
+        assert batch["error"] == {}
+        seen.extend(batch["index"].tolist())
+    assert len(job.table) // batch_size >= 3 * ring.n_slots  # the ring went round several times
+    assert seen == list(range(len(job.table)))
+
+
+def test_a_slot_overwritten_too_early_is_refused(job: _SlideJob) -> None:
+    """If batch b + n_slots were written before batch b is received, receiving b raises instead of giving the
+    wrong tiles."""
+    ring = _TileRing(3, 8, 64)
+    dataset = _PredictBatches([job], 8, ring)
+    dataset[0]
+    first = ring.receive(0, 8).clone()
+    dataset[3]  # same slot as batch 0
+    with pytest.raises(RuntimeError, match="slot 0 holds batch 3, expected 0"):
+        ring.receive(0, 8)
+    assert not np.array_equal(ring.receive(3, 8).numpy(), first.numpy())
