@@ -56,3 +56,64 @@ def test_ddp_training_on_two_cpu_processes(tmp_path: Path) -> None:
 
     model, data_hparams = load_model(RDFocal, checkpoints[0])
     assert isinstance(model, RDFocal) and data_hparams["tile_size_px"] == 64
+
+
+_COSINE_DDP_SCRIPT = """
+import sys, warnings
+import lightning.pytorch as pl
+import torch
+from anomalib.data import ImageBatch, ImageItem
+from torch.utils.data import DataLoader
+from torchvision.tv_tensors import Image
+from anomalib_wsi.models.rd_focal import RDFocal
+
+warnings.filterwarnings("ignore")
+
+
+class Tiles(pl.LightningDataModule):
+    def train_dataloader(self):  # rank 0 gets normal tiles only, rank 1 tumour tiles only
+        label = self.trainer.global_rank
+        generator = torch.Generator().manual_seed(label)
+        items = [
+            ImageItem(image=Image(torch.rand(3, 32, 32, generator=generator)), gt_label=torch.tensor(label),
+                      image_path=f"tile_{index}.png")
+            for index in range(16)
+        ]
+        return DataLoader(items, batch_size=4, collate_fn=ImageBatch.collate)
+
+
+torch.manual_seed(0)
+model = RDFocal(backbone="resnet18", pre_trained=False, loss="cosine", evaluator=False, visualizer=False,
+                pre_processor=RDFocal.configure_pre_processor(image_size=(32, 32)))
+trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_steps=3, logger=False,
+                     enable_progress_bar=False, enable_model_summary=False, enable_checkpointing=False,
+                     num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=sys.argv[1])
+trainer.fit(model, datamodule=Tiles())
+student = torch.cat([p.detach().flatten() for p in model.model.decoder.parameters()])
+print(f"rank {trainer.global_rank} steps {trainer.global_step} checksum {student.double().sum().item():.10f}")
+"""
+
+
+@pytest.mark.slow
+def test_cosine_ddp_rank_with_tumour_tiles_only_does_not_stall(tmp_path: Path) -> None:
+    """Plain RD (cosine loss) under DDP where one rank's batches hold only tumour tiles: that rank returns a zero
+    loss instead of skipping the step, so both ranks finish 3 steps with the same student weights. (Returning None
+    there stopped the run: Lightning refuses a skipped training_step in distributed training.)"""
+    script = tmp_path / "cosine_ddp.py"
+    script.write_text(_COSINE_DDP_SCRIPT)
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    try:
+        done = subprocess.run(
+            [sys.executable, str(script), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300,
+            check=False, env=env,
+        )  # fmt: skip
+    except subprocess.TimeoutExpired:
+        pytest.fail("DDP training with a tumour-only rank did not finish in 300 s (a rank waits for the other)")
+    log = done.stdout[-3000:] + done.stderr[-3000:]
+    assert done.returncode == 0, log
+    lines = sorted(line for line in done.stdout.splitlines() if line.startswith("rank "))
+    assert [line.split(" checksum")[0] for line in lines] == ["rank 0 steps 3", "rank 1 steps 3"], log
+    assert lines[0].split("checksum ")[1] == lines[1].split("checksum ")[1]  # DDP kept the replicas equal

@@ -423,8 +423,9 @@ class RDFocal(ReverseDistillation):
             kwargs: unused.
 
         Returns:
-            ``{"loss": loss}``, or None (the step is skipped) for a cosine-loss batch of tumour tiles only (under
-            DDP a skipped step on one rank stalls the others: feed the cosine baseline normal tiles).
+            ``{"loss": loss}``. A cosine-loss batch of tumour tiles only returns None (the step is skipped) in one
+            process; under DDP it returns a zero loss built on the network's output, so this rank still joins the
+            other ranks' gradient exchange (Lightning stops a distributed run whose training step returns None).
 
         Raises:
             NoTumourTilesError: with ``loss="focal"`` when the batch carries no labels.
@@ -439,7 +440,11 @@ class RDFocal(ReverseDistillation):
             if labels is not None:
                 normal = labels == 0
                 if not bool(normal.any()):
-                    return None
+                    if not self._distributed():
+                        return None
+                    _, decoder_features = self.model(images)
+                    zero = torch.stack([feature.sum() for feature in decoder_features]).sum() * 0.0
+                    return {"loss": zero}
                 if not bool(normal.all()):
                     images = images[normal]
             loss = self.loss(*self.model(images))
@@ -455,6 +460,11 @@ class RDFocal(ReverseDistillation):
             loss = self.loss(encoder_features, decoder_features, labels)
         self.log("train_loss", loss, on_step=True, on_epoch=True, prog_bar=True, logger=True, batch_size=len(images))
         return {"loss": loss}
+
+    def _distributed(self) -> bool:
+        """Whether this module trains under a Trainer with more than one process."""
+        trainer = getattr(self, "_trainer", None)
+        return trainer is not None and int(getattr(trainer, "world_size", 1)) > 1
 
     def _count_tiles(self, labels: torch.Tensor) -> None:
         """Count tiles and tumour tiles on the device (no synchronisation per step)."""
