@@ -42,7 +42,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
     "model": {
         "backbone": "wide_resnet50_2",
         "layers": ["layer1", "layer2", "layer3"],
-        "anomaly_map_mode": "multiply",
+        "anomaly_map_mode": "add",
         "pre_trained": True,
         "weights_path": None,
         "image_size": 256,
