@@ -88,6 +88,9 @@ def _run_loader(
     """One pass over the slide: ``ring`` as the engine reads (shared slots, batch numbers handed over), ``fresh``
     the DataLoader's default (a new shared-memory batch each time, pinned by its pin-memory thread on CUDA)."""
     prefetch = 2
+    for handle in dataset._handles.values():  # no pass starts with the previous pass's decoded tiles cached
+        handle.close()
+    dataset._handles = {}
     ring = None
     if mode == "ring":
         ring = ring_class(min(len(dataset), prefetch * max(1, workers) + 2), args.batch_size, args.tile_size)

@@ -16,9 +16,10 @@ export PYTHONPATH=${PYTHONPATH:-}:$PWD PYTHONUNBUFFERED=1
 PY=${PY:-python3}
 if [[ "${SMOKE:-0}" == 1 ]]; then
   DEV=cpu; BACKBONE=resnet18; SIZE=64; BATCH=16; WORKERS=2; SLIDE=3072; STOCK=20; PREC=32; MODES="fp32 cl-fp32 train-fp32"
+  LOADER_WORKERS="0 2"
 else
   DEV=cuda; BACKBONE=wide_resnet50_2; SIZE=256; BATCH=128; WORKERS=15; SLIDE=${SLIDE:-50000}; STOCK=300; PREC=bf16
-  MODES="fp32 bf16 cl-bf16 train-fp32 train-bf16"
+  MODES="fp32 bf16 cl-bf16 train-fp32 train-bf16"; LOADER_WORKERS="4 8 15"
   nvidia-smi --query-gpu=name,memory.total,driver_version --format=csv
 fi
 $PY -c "import torch, anomalib, openslide; print('torch', torch.__version__, 'anomalib', anomalib.__version__, 'cuda', torch.cuda.is_available())"
@@ -31,7 +32,18 @@ $PY benchmarks/bench_predict.py --device $DEV --backbone $BACKBONE --tile-size $
   --precision $PREC --channels-last --batch-size $BATCH --num-workers $WORKERS --warmup-size 8192 \
   --stock-tiles $STOCK --skip-memory --workdir /tmp/bench_predict --json "$OUT/predict.json" 2>&1 \
   | grep -v -i "warning\|tip:"
+echo "== tile loader alone: direct TIFF decoding vs openslide only (ring of slots, main-thread CPU per batch)"
+$PY benchmarks/bench_tile_loader.py --slide /tmp/bench_predict/synth_${SLIDE}.tif --tile-size $SIZE --batch-size $BATCH \
+  --workers $LOADER_WORKERS --device $DEV --json "$OUT/loader.json" 2>&1 | grep -v -i warning
+ANOMALIB_WSI_DIRECT_TIFF=0 $PY benchmarks/bench_tile_loader.py --slide /tmp/bench_predict/synth_${SLIDE}.tif \
+  --tile-size $SIZE --batch-size $BATCH --workers $WORKERS --device $DEV --json "$OUT/loader_openslide.json" 2>&1 \
+  | grep -v -i warning
 echo "== bare model, torch.compile (channels_last + bf16)"
 $PY benchmarks/bench_model.py --device $DEV --backbone $BACKBONE --size $SIZE --batch-size $BATCH --compile \
   --modes $([[ $DEV == cuda ]] && echo cl-bf16 || echo cl-fp32) --json "$OUT/model_compiled.json" 2>&1 | grep -v Warning
+echo "== end to end compiled: WSIEngine.predict --compile (last: it compiles for minutes)"
+$PY benchmarks/bench_predict.py --device $DEV --backbone $BACKBONE --tile-size $SIZE --mpp 0.5 --slide-size $SLIDE \
+  --precision $PREC --channels-last --compile --batch-size $BATCH --num-workers $WORKERS --warmup-size 8192 \
+  --skip-stock --skip-memory --workdir /tmp/bench_predict --json "$OUT/predict_compiled.json" 2>&1 \
+  | grep -v -i "warning\|tip:"
 echo "== done"
