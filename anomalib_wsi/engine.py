@@ -931,29 +931,41 @@ def _write_run_tables(
         }
         for r in results
     ]
-    summary = pd.DataFrame(rows, columns=_SUMMARY_COLUMNS)
-    failed = pd.DataFrame(failures, columns=_FAILURE_COLUMNS)
-    if world > 1:
-        parts = output_dir / ".ranks"
-        part = {"rank": rank, "world": world, "summary": rows, "failures": failures}
-        atomic_write_text(parts / f"rank{rank}-of-{world}.json", json.dumps(part, default=float))
-        if _process_group_ready():
-            import torch.distributed as dist
-
-            dist.barrier()  # every part is written: rank 0 writes the complete tables
-            if rank != 0:
-                return
-        found = [json.loads(p.read_text()) for p in sorted(parts.glob(f"rank*-of-{world}.json"))]
-        summary = pd.DataFrame([row for f in found for row in f["summary"]], columns=_SUMMARY_COLUMNS)
-        failed = pd.DataFrame([row for f in found for row in f["failures"]], columns=_FAILURE_COLUMNS)
-        if len(found) < world:
-            logger.info("rank %d of %d done; the run tables are complete once every rank is", rank, world)
     position = {slide_id: i for i, slide_id in enumerate(order)}
-    summary = summary.sort_values("slide_id", key=lambda c: c.map(lambda v: position.get(v, len(position))))
-    with atomic_path(output_dir / "summary.csv", suffix=".csv") as tmp:
-        summary.to_csv(tmp, index=False)
-    with atomic_path(output_dir / "failures.csv", suffix=".csv") as tmp:
-        failed.to_csv(tmp, index=False)
+
+    def write(summary_rows: list[dict[str, Any]], failure_rows: list[dict[str, str]]) -> None:
+        summary = pd.DataFrame(summary_rows, columns=_SUMMARY_COLUMNS)
+        summary = summary.sort_values("slide_id", key=lambda c: c.map(lambda v: position.get(v, len(position))))
+        with atomic_path(output_dir / "summary.csv", suffix=".csv") as tmp:
+            summary.to_csv(tmp, index=False)
+        with atomic_path(output_dir / "failures.csv", suffix=".csv") as tmp:
+            pd.DataFrame(failure_rows, columns=_FAILURE_COLUMNS).to_csv(tmp, index=False)
+
+    if world <= 1:
+        write(rows, failures)
+        return
+    parts = output_dir / ".ranks"
+    part = {"rank": rank, "world": world, "summary": rows, "failures": failures}
+    atomic_write_text(parts / f"rank{rank}-of-{world}.json", json.dumps(part, default=float))
+    if _process_group_ready():
+        import torch.distributed as dist
+
+        dist.barrier()  # every part is written: rank 0 writes the complete tables
+        if rank != 0:
+            return
+    # Without a process group (plain SLURM tasks) every rank merges the parts it finds. Reading the parts again
+    # after writing, and writing again when more appeared, makes the last write cover every part written before
+    # it: a rank that wrote partial tables and then sees no new part knows that any later part's rank reads (and
+    # writes) after that.
+    seen = -1
+    while True:
+        found = [json.loads(p.read_text()) for p in sorted(parts.glob(f"rank*-of-{world}.json"))]
+        if len(found) == seen:
+            break
+        seen = len(found)
+        write([row for f in found for row in f["summary"]], [row for f in found for row in f["failures"]])
+    if seen < world:
+        logger.info("rank %d of %d done; the run tables are complete once every rank is", rank, world)
 
 
 def _resolve_slides(slides: str | Path | Sequence[str | Path]) -> list[tuple[Path, float | None]]:

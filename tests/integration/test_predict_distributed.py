@@ -72,3 +72,36 @@ def test_two_ranks_give_the_single_process_outputs(trained_model, tmp_path: Path
     assert sorted(summary.slide_id) == sorted(trained_model.held_out_ids)
     failures = pd.read_csv(tmp_path / "ranks" / "failures.csv")
     assert failures.slide_id.tolist() == ["broken"]
+
+
+@pytest.mark.slow
+def test_plain_slurm_tasks_write_complete_tables(trained_model, tmp_path: Path, one_torch_thread) -> None:
+    """Two processes started side by side as SLURM starts tasks (SLURM_PROCID / SLURM_NTASKS, no torchrun, no
+    process group): each predicts its half of the slides, and the run tables written last cover every slide, with
+    the single process's scores."""
+    slides = tmp_path / "slides"
+    slides.mkdir()
+    for slide_id in trained_model.held_out_ids:
+        shutil.copy(trained_model.slide(slide_id).path, slides / f"{slide_id}.tif")
+    (slides / "broken.tif").write_bytes(b"not a slide")
+    single = WSIEngine(num_workers=0, progress=False).predict(
+        model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=slides, output_dir=tmp_path / "single"
+    )
+    command = [
+        str(Path(sys.executable).parent / "anomalib-wsi"), "predict", "--ckpt", str(trained_model.ckpt_path),
+        str(slides), "--output", str(tmp_path / "tasks"), "--num-workers", "0",
+    ]  # fmt: skip
+    base = {k: v for k, v in os.environ.items() if k not in {"RANK", "WORLD_SIZE", "LOCAL_RANK", "MASTER_ADDR"}}
+    slurm = [{"SLURM_PROCID": str(r), "SLURM_NTASKS": "2", "SLURM_LOCALID": str(r)} for r in (0, 1)]
+    base["OMP_NUM_THREADS"] = "1"
+    pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
+    tasks = [subprocess.Popen(command, env={**base, **task_env}, **pipes) for task_env in slurm]
+    outputs = [task.communicate(timeout=900) for task in tasks]
+    statuses = sorted(task.returncode for task in tasks)
+    assert statuses == [0, 1], [err[-2000:] for _, err in outputs]  # only the rank that owns broken.tif fails
+    summary = pd.read_csv(tmp_path / "tasks" / "summary.csv").set_index("slide_id")
+    assert sorted(summary.index) == sorted(trained_model.held_out_ids)
+    for result in single:
+        assert abs(summary.loc[result.slide_id, "slide_score"] - result.slide_score) <= 1e-6
+    failures = pd.read_csv(tmp_path / "tasks" / "failures.csv")
+    assert failures.slide_id.tolist() == ["broken"]
