@@ -2,12 +2,15 @@
 
 from __future__ import annotations
 
+import dataclasses
+from pathlib import Path
+
 import numpy as np
 import pytest
 from torch.utils.data import DataLoader
 
 from anomalib_wsi.data.synthetic import synthesize_slide
-from anomalib_wsi.engine import _as_is, _PredictBatches, _SlideJob, _TileRing
+from anomalib_wsi.engine import _as_is, _PredictBatches, _read_order, _SlideJob, _stored_tile_lv0, _TileRing
 from anomalib_wsi.slide import Slide, TilingConfig, tile_slide
 
 
@@ -55,3 +58,32 @@ def test_a_slot_overwritten_too_early_is_refused(job: _SlideJob) -> None:
     with pytest.raises(RuntimeError, match="slot 0 holds batch 3, expected 0"):
         ring.receive(0, 8)
     assert not np.array_equal(ring.receive(3, 8).numpy(), first.numpy())
+
+
+def test_tiles_sharing_a_stored_tile_are_read_one_after_another(job: _SlideJob, tmp_path: Path) -> None:
+    """Camelyon16 stores 512 px tiles; read as 256 px tiles row by row, the lower two of each come a whole row
+    later (another batch, another worker) and the stored tile is decoded twice. The reading order goes in bands
+    one stored tile high: the 4 tiles of every stored tile are consecutive, and every table row is read once."""
+    import tifffile
+
+    image = np.full((2048, 3072, 3), 230, np.uint8)
+    image[::7] = 120  # some texture for the JPEG encoder
+    path = tmp_path / "stored512.tif"
+    tifffile.imwrite(path, image, tile=(512, 512), compression="jpeg", photometric="rgb",
+                     resolution=(2e4, 2e4), resolutionunit="CENTIMETER")  # fmt: skip
+    slide = Slide(path)
+    plan = slide.plan_read(0.5, 256)
+    stored = _stored_tile_lv0(slide, plan.level)
+    assert stored == 512.0
+    table = tile_slide(slide, TilingConfig(mpp=0.5, tile_size_px=256, min_tissue=0.0)).reset_index(drop=True)
+    assert len(table) == 8 * 12
+    banded = _SlideJob(path, "stored512", None, tmp_path, plan, table, slide.dimensions, slide.mpp, 256.0,
+                       np.zeros((1, 1, 3), np.uint8), 1.0, stored_tile_lv0=stored)  # fmt: skip
+    order = _read_order(banded)
+    assert sorted(order.tolist()) == list(range(len(table)))
+    stored_index = (table.y.to_numpy()[order] // 512) * 100 + table.x.to_numpy()[order] // 512
+    runs = [stored_index[i : i + 4] for i in range(0, len(order), 4)]
+    assert all(len(set(run.tolist())) == 1 for run in runs)  # 24 stored tiles, each one run of 4 reads
+    assert len({int(run[0]) for run in runs}) == 24
+    unknown = dataclasses.replace(job, stored_tile_lv0=0.0)  # stored tile size unknown: table order
+    assert _read_order(unknown).tolist() == list(range(len(job.table)))
