@@ -25,6 +25,7 @@ Set ``ANOMALIB_WSI_DIRECT_TIFF=0`` to read everything through openslide.
 
 from __future__ import annotations
 
+import itertools
 import logging
 import os
 from collections import OrderedDict
@@ -44,7 +45,52 @@ DIRECT_TIFF_VENDORS = ("generic-tiff", "aperio")
 
 #: TIFF compressions whose tile data must start with a marker (0xFF) and end with 0xFFD9 (JPEG EOI, JPEG 2000 EOC).
 _END_MARKER_CODECS = {6, 7, 33003, 33004, 33005, 34712}
-_CACHE_BYTES = 32 << 20  # decoded tiles kept per slide and process (openslide's default cache is 32 MiB too)
+_CACHE_BYTES = 32 << 20  # decoded tiles kept per process, all slides together
+
+
+class _TileCache:
+    """Decoded tiles of every open slide of this process, least recently used first out, within one byte budget.
+
+    One budget per process rather than per slide: a training worker may hold dozens of slides open. Emptied when
+    it finds itself in a new process (a forked DataLoader worker), and keyed by a serial number per reader, never
+    by object identity.
+    """
+
+    def __init__(self, max_bytes: int) -> None:
+        self.max_bytes = max_bytes
+        self.tiles: OrderedDict[tuple[int, int, int], np.ndarray] = OrderedDict()
+        self.bytes = 0
+        self.pid = os.getpid()
+        self.serials = itertools.count()
+
+    def _check_pid(self) -> None:
+        if self.pid != os.getpid():
+            self.tiles.clear()
+            self.bytes, self.pid = 0, os.getpid()
+
+    def get(self, key: tuple[int, int, int]) -> np.ndarray | None:
+        self._check_pid()
+        tile = self.tiles.get(key)
+        if tile is not None:
+            self.tiles.move_to_end(key)
+        return tile
+
+    def put(self, key: tuple[int, int, int], tile: np.ndarray) -> None:
+        self._check_pid()
+        self.tiles[key] = tile
+        self.bytes += tile.nbytes
+        while self.bytes > self.max_bytes and len(self.tiles) > 1:
+            _, old = self.tiles.popitem(last=False)
+            self.bytes -= old.nbytes
+
+    def drop(self, serial: int) -> None:
+        """Forget the tiles of one reader."""
+        self._check_pid()
+        for key in [k for k in self.tiles if k[0] == serial]:
+            self.bytes -= self.tiles.pop(key).nbytes
+
+
+_CACHE = _TileCache(_CACHE_BYTES)
 
 
 def direct_tiff_enabled() -> bool:
@@ -94,8 +140,7 @@ class TiffTiles:
         self.level_downsamples = level_downsamples
         self.levels: dict[int, _Level] = levels
         self._fd = os.open(path, os.O_RDONLY)
-        self._cache: OrderedDict[tuple[int, int], np.ndarray] = OrderedDict()
-        self._cache_bytes = 0
+        self._serial = next(_CACHE.serials)
         self.decoded = 0  # tiles decoded (cache misses)
 
     @classmethod
@@ -127,8 +172,7 @@ class TiffTiles:
         if self._fd >= 0:
             os.close(self._fd)
             self._fd = -1
-        self._cache.clear()
-        self._cache_bytes = 0
+        _CACHE.drop(self._serial)
 
     def __del__(self) -> None:
         with _suppress():
@@ -200,10 +244,9 @@ class TiffTiles:
         return out
 
     def _tile(self, info: _Level, level: int, index: int) -> np.ndarray | None:
-        key = (level, index)
-        cached = self._cache.get(key)
+        key = (self._serial, level, index)
+        cached = _CACHE.get(key)
         if cached is not None:
-            self._cache.move_to_end(key)
             return cached
         count = int(info.byte_counts[index])
         if count == 0:
@@ -224,11 +267,7 @@ class TiffTiles:
             msg = f"tile {index} of level {level} decoded as {tile.shape} {tile.dtype}"
             raise OSError(msg)
         self.decoded += 1
-        self._cache[key] = tile
-        self._cache_bytes += tile.nbytes
-        while self._cache_bytes > _CACHE_BYTES and len(self._cache) > 1:
-            _, old = self._cache.popitem(last=False)
-            self._cache_bytes -= old.nbytes
+        _CACHE.put(key, tile)
         return tile
 
 

@@ -140,3 +140,23 @@ def test_environment_switch_and_pickling(synthetic_slide: Path, monkeypatch: pyt
     monkeypatch.setenv("ANOMALIB_WSI_DIRECT_TIFF", "0")
     assert Slide(synthetic_slide)._direct_tiles() is None
     assert TiffTiles.open(synthetic_slide, "generic-tiff", [(3072, 3072)], [1.0]) is None
+
+
+def test_decoded_tiles_share_one_budget_per_process(synthetic_slide: Path) -> None:
+    """Two open slides keep their decoded tiles within the one 32 MiB budget of the process (a training worker
+    holds dozens of slides), and closing a slide frees its share."""
+    from anomalib_wsi.slide.tiff_tiles import _CACHE
+
+    first, second = Slide(synthetic_slide), Slide(synthetic_slide)
+    for slide in (first, second):
+        for y in range(0, 3072, 256):
+            for x in range(0, 3072, 256):
+                slide.read_region(x, y, 0, (256, 256))
+    assert _CACHE.bytes <= _CACHE.max_bytes == 32 << 20
+    serials = {key[0] for key in _CACHE.tiles}
+    first_tiles = first._direct_tiles()
+    assert first_tiles is not None and first_tiles._serial in serials
+    held = _CACHE.bytes
+    first.close()
+    assert first_tiles._serial not in {key[0] for key in _CACHE.tiles}
+    assert _CACHE.bytes < held
