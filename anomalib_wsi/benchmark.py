@@ -66,7 +66,7 @@ DEFAULT_SETTINGS: dict[str, Any] = {
         "eval_tiles_per_slide": 500,
         "val_ratio": 0.2,
         "test_ratio": 0.0,
-        "train_batch_size": 16,
+        "train_batch_size": 32,
         "eval_batch_size": 64,
         "num_workers": 8,
         "seed": 42,
