@@ -318,6 +318,25 @@ def test_two_workers_give_the_same_outputs_and_report_a_worker_error(
         assert len(one.lesions) == len(two.lesions)
 
 
+def test_direct_tiff_decoding_gives_openslides_heatmaps_exactly(
+    trained_model: Any, small_slides: dict[str, SyntheticSlide], tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """The same slides predicted with tiles decoded from the TIFF directly and with openslide only
+    (ANOMALIB_WSI_DIRECT_TIFF=0): identical heatmaps, scores and lesions, bit for bit."""
+    slides = [small_slides["tumour"].path, small_slides["normal"].path]
+    runs = {}
+    for direct in ("1", "0"):
+        monkeypatch.setenv("ANOMALIB_WSI_DIRECT_TIFF", direct)
+        runs[direct] = _engine(num_workers=0, batch_size=16).predict(
+            model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=slides, output_dir=tmp_path / f"direct{direct}"
+        )
+    for fast, plain in zip(runs["1"], runs["0"], strict=True):
+        assert fast.n_tiles == plain.n_tiles > 20
+        assert np.array_equal(fast.heatmap.values, plain.heatmap.values, equal_nan=True)
+        assert fast.slide_score == plain.slide_score
+        assert [le.polygon.wkt for le in fast.lesions] == [le.polygon.wkt for le in plain.lesions]
+
+
 # -- resume ----------------------------------------------------------------------------------------------------
 def _without_ids(geojson: Path) -> dict[str, Any]:
     """The GeoJSON without its feature ids (random UUIDs, new at every write)."""
