@@ -124,8 +124,9 @@ class TiffTiles:
         path: slide file.
         level_dimensions: openslide's (width, height) of each level.
         level_downsamples: openslide's downsample of each level.
+        levels: the levels served, by openslide level index.
 
-    Use :meth:`open`, which returns None for files it cannot serve.
+    Use :meth:`open`, which returns None for files it cannot serve. ``decoded`` counts the tiles decoded.
     """
 
     def __init__(
