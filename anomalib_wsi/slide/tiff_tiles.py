@@ -140,7 +140,7 @@ class TiffTiles:
         self.level_dimensions = level_dimensions
         self.level_downsamples = level_downsamples
         self.levels: dict[int, _Level] = levels
-        self._fd = os.open(path, os.O_RDONLY)
+        self._closed = False
         self._serial = next(_CACHE.serials)
         self.decoded = 0  # tiles decoded (cache misses)
 
@@ -169,15 +169,10 @@ class TiffTiles:
         return cls(Path(path), list(level_dimensions), list(level_downsamples), levels)
 
     def close(self) -> None:
-        """Close the file descriptor and drop the decoded tiles."""
-        if self._fd >= 0:
-            os.close(self._fd)
-            self._fd = -1
+        """Drop the decoded tiles; later reads go to openslide. (No file stays open between reads: a training
+        worker may hold hundreds of slides, each already with openslide's own file descriptor.)"""
+        self._closed = True
         _CACHE.drop(self._serial)
-
-    def __del__(self) -> None:
-        with _suppress():
-            self.close()
 
     def read_region(
         self, x: int, y: int, level: int, width: int, height: int, reference: Callable[[], np.ndarray]
@@ -199,7 +194,7 @@ class TiffTiles:
             SlideReadError: from ``reference``, when a tile does not decode here and openslide cannot read it either.
         """
         info = self.levels.get(level)
-        if info is None or info.disabled or self._fd < 0:
+        if info is None or info.disabled or self._closed:
             return None
         downsample = self.level_downsamples[level]
         left, top = x / downsample, y / downsample
@@ -231,20 +226,25 @@ class TiffTiles:
         x1, y1 = min(left + width, info.width), min(top + height, info.height)
         if x1 <= x0 or y1 <= y0:
             return out
-        for row in range(y0 // info.tile_height, (y1 - 1) // info.tile_height + 1):
-            for col in range(x0 // info.tile_width, (x1 - 1) // info.tile_width + 1):
-                tile = self._tile(info, level, row * info.tiles_across + col)
-                if tile is None:  # a tile the scanner never wrote: background, as openslide paints it
-                    continue
-                tx, ty = col * info.tile_width, row * info.tile_height
-                ax0, ay0 = max(x0, tx), max(y0, ty)
-                ax1 = min(x1, tx + info.tile_width, tx + tile.shape[1])
-                ay1 = min(y1, ty + info.tile_height, ty + tile.shape[0])
-                if ax1 > ax0 and ay1 > ay0:
-                    out[ay0 - top : ay1 - top, ax0 - left : ax1 - left] = tile[ay0 - ty : ay1 - ty, ax0 - tx : ax1 - tx]
+        file = _File(self.path)
+        try:
+            for row in range(y0 // info.tile_height, (y1 - 1) // info.tile_height + 1):
+                for col in range(x0 // info.tile_width, (x1 - 1) // info.tile_width + 1):
+                    tile = self._tile(info, level, row * info.tiles_across + col, file)
+                    if tile is None:  # a tile the scanner never wrote: background, as openslide paints it
+                        continue
+                    tx, ty = col * info.tile_width, row * info.tile_height
+                    ax0, ay0 = max(x0, tx), max(y0, ty)
+                    ax1 = min(x1, tx + info.tile_width, tx + tile.shape[1])
+                    ay1 = min(y1, ty + info.tile_height, ty + tile.shape[0])
+                    if ax1 > ax0 and ay1 > ay0:
+                        region = tile[ay0 - ty : ay1 - ty, ax0 - tx : ax1 - tx]
+                        out[ay0 - top : ay1 - top, ax0 - left : ax1 - left] = region
+        finally:
+            file.close()
         return out
 
-    def _tile(self, info: _Level, level: int, index: int) -> np.ndarray | None:
+    def _tile(self, info: _Level, level: int, index: int, file: _File) -> np.ndarray | None:
         key = (self._serial, level, index)
         cached = _CACHE.get(key)
         if cached is not None:
@@ -252,7 +252,7 @@ class TiffTiles:
         count = int(info.byte_counts[index])
         if count == 0:
             return None
-        data = os.pread(self._fd, count, int(info.offsets[index]))
+        data = file.pread(count, int(info.offsets[index]))
         if len(data) != count:
             msg = f"tile {index} of level {level} is cut short ({len(data)} of {count} bytes)"
             raise OSError(msg)
@@ -272,14 +272,22 @@ class TiffTiles:
         return tile
 
 
-class _suppress:
-    """``contextlib.suppress(Exception)`` that works during interpreter shutdown (for ``__del__``)."""
+class _File:
+    """The slide file, opened on the first read of a region that needs undecoded tiles and closed after it."""
 
-    def __enter__(self) -> None:
-        return None
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd = -1
 
-    def __exit__(self, *exc: object) -> bool:
-        return True
+    def pread(self, count: int, offset: int) -> bytes:
+        if self.fd < 0:
+            self.fd = os.open(self.path, os.O_RDONLY)
+        return os.pread(self.fd, count, offset)
+
+    def close(self) -> None:
+        if self.fd >= 0:
+            os.close(self.fd)
+            self.fd = -1
 
 
 def _level_from_pages(pages: list[Any], width: int, height: int) -> _Level | None:

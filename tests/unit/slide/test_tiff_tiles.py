@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import pickle
 import shutil
 from pathlib import Path
@@ -160,3 +161,17 @@ def test_decoded_tiles_share_one_budget_per_process(synthetic_slide: Path) -> No
     first.close()
     assert first_tiles._serial not in {key[0] for key in _CACHE.tiles}
     assert _CACHE.bytes < held
+
+
+@pytest.mark.skipif(not Path("/proc/self/fd").is_dir(), reason="counts open files through /proc (Linux)")
+def test_no_file_stays_open_between_reads(synthetic_slide: Path) -> None:
+    """Direct reads open the file only while they read (a training worker may hold hundreds of slides, each with
+    openslide's own descriptor): 12 more reads leave the count of open files as it was."""
+    slide = Slide(synthetic_slide)
+    slide.read_region(0, 0, 0, (256, 256))
+    before = len(os.listdir("/proc/self/fd"))
+    for x in range(0, 3072, 256):
+        slide.read_region(x, 512, 0, (256, 256))
+    tiles = slide._direct_tiles()
+    assert tiles is not None and tiles.levels[0].reads == 13
+    assert len(os.listdir("/proc/self/fd")) == before
