@@ -49,7 +49,9 @@ def _predict_parser() -> ArgumentParser:
     p.add_argument("--ckpt", required=True, help="RDFocal checkpoint (.ckpt) from anomalib train or the demo")
     p.add_argument("--output", required=True, help="output folder (one sub-folder per slide)")
     p.add_argument("--batch-size", type=int, default=32)
-    p.add_argument("--num-workers", type=int, default=2)
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="tile-reading workers (default: half the usable CPUs, at most 8)"
+    )
     p.add_argument("--precision", default="32", help="32, bf16 or 16 (autocast on GPU)")
     p.add_argument(
         "--stride", type=int, default=None, help="step between tiles at the model's mpp (default: tile size)"

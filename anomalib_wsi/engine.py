@@ -41,6 +41,7 @@ __all__ = [
     "PredictionSettings",
     "SlidePrediction",
     "WSIEngine",
+    "default_num_workers",
     "distributed_rank",
     "load_model",
     "predict_command",
@@ -417,7 +418,8 @@ class WSIEngine(Engine):
 
     Args:
         batch_size: tiles per forward pass.
-        num_workers: DataLoader workers reading tiles (each with its own slide handles).
+        num_workers: DataLoader workers reading tiles (each with its own slide handles); None:
+            :func:`default_num_workers`.
         device: "auto" (CUDA when available), "cpu" or "cuda[:N]".
         precision: "32", "bf16" or "16"; autocast on the device.
         compile_model: wrap the torch model in ``torch.compile`` (GPU; the first batches are slower).
@@ -434,7 +436,7 @@ class WSIEngine(Engine):
     def __init__(
         self,
         batch_size: int = 32,
-        num_workers: int = 2,
+        num_workers: int | None = None,
         device: str = "auto",
         precision: str = "32",
         compile_model: bool = False,
@@ -444,7 +446,7 @@ class WSIEngine(Engine):
     ) -> None:
         super().__init__(**kwargs)
         self.batch_size = batch_size
-        self.num_workers = num_workers
+        self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
         self.device_name = device
         self.precision = precision
         self.compile_model = compile_model
@@ -915,6 +917,24 @@ _SUMMARY_COLUMNS = ["slide_id", "slide_path", "slide_score", "n_tiles", "n_lesio
 _FAILURE_COLUMNS = ["slide_path", "slide_id", "stage", "error"]
 
 
+def default_num_workers() -> int:
+    """Tile-reading workers when none are asked for: half the CPUs this process may use, at most 8.
+
+    "May use" counts CPU affinity (a SLURM allocation or ``taskset``), not the machine's cores, and is shared by
+    the prediction processes of one node under torchrun (``LOCAL_WORLD_SIZE``). With direct TIFF decoding 8
+    workers read well over the 3,000-5,000 tiles/s a large GPU scores.
+    """
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except AttributeError:  # not on Linux
+        cpus = os.cpu_count() or 1
+    try:
+        local_processes = max(1, int(os.environ.get("LOCAL_WORLD_SIZE", "1")))
+    except ValueError:
+        local_processes = 1
+    return max(1, min(8, cpus // 2 // local_processes))
+
+
 def distributed_rank() -> tuple[int, int, int]:
     """``(rank, world_size, local_rank)`` of this process: torch.distributed, torchrun or SLURM, else (0, 1, 0)."""
     import torch.distributed as dist
@@ -1083,7 +1103,7 @@ def predict_command(
     ckpt: str,
     output: str,
     batch_size: int = 32,
-    num_workers: int = 2,
+    num_workers: int | None = None,
     precision: str = "32",
     stride: int | None = None,
     slide_mpp: float | None = None,
