@@ -870,7 +870,7 @@ class _TileForward:
         if self.pad_to is not None and count < self.pad_to:
             padding = images_u8.new_zeros((self.pad_to - count, *images_u8.shape[1:]))
             images_u8 = torch.cat([images_u8, padding])
-        if self.device.type == "cuda" and not images_u8.is_pinned():
+        if self.device.type == "cuda" and images_u8.device.type == "cpu" and not images_u8.is_pinned():
             images_u8 = images_u8.pin_memory()  # an asynchronous copy needs page-locked memory
         # (N, H, W, 3) as read -> (N, 3, H, W) laid out channels-last: the permute is free, any copy runs on the device
         images = images_u8.to(self.device, non_blocking=True).permute(0, 3, 1, 2).float().div_(255.0)
