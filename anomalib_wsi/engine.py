@@ -718,8 +718,8 @@ class WSIEngine(Engine):
                 yield from consume(*previous)
         finally:
             del batches
-            if previous is not None and previous[1].event is not None:
-                previous[1].event.synchronize()  # no copy may still read a slot that is unregistered
+            if ring.registered:
+                torch.cuda.synchronize(device)  # no copy may still be reading a slot when it is unregistered
             ring.unregister()
         bar.close()
         self.last_tiles_per_second = total_tiles / max(time.perf_counter() - start, 1e-9)
