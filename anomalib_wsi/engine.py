@@ -1,10 +1,11 @@
 """``WSIEngine``: anomalib's Engine plus slide-level prediction.
 
 ``WSIEngine().predict(model=..., ckpt_path=..., slides=[...], output_dir=...)`` tiles each slide, streams the
-tiles of all slides through one DataLoader (workers hold their own slide handles and hand uint8 tensors over;
-conversion and normalisation happen on the model's device), stitches tile scores into slide heatmaps and lets
-the model's :class:`~anomalib_wsi.post_processing.WSIPostProcessor` turn them into lesions, detection points
-and a slide score. Without ``slides`` it behaves as anomalib's ``Engine.predict``.
+tiles of all slides through one DataLoader (workers hold their own slide handles, read whole batches into a
+ring of shared uint8 slots and hand over batch numbers; conversion and normalisation happen on the model's
+device), stitches tile scores into slide heatmaps and lets the model's
+:class:`~anomalib_wsi.post_processing.WSIPostProcessor` turn them into lesions, detection points and a slide
+score. Without ``slides`` it behaves as anomalib's ``Engine.predict``.
 
 Per slide it writes (atomically) ``heatmap.npy``, ``heatmap.png``, ``lesions.geojson``, ``detections.csv`` and
 ``summary.json`` into ``<output_dir>/<slide_id>/``; for the run ``summary.csv`` and ``failures.csv``. A slide

@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from anomalib_wsi.data.synthetic import synthesize_slide
-    from anomalib_wsi.engine import _as_is, _PredictBatches, _SlideJob, _TileRing
+    from anomalib_wsi.engine import _PredictBatches, _SlideJob
     from anomalib_wsi.slide.reader import Slide
     from anomalib_wsi.slide.tiling import TilingConfig, tile_slide
 
@@ -68,11 +68,10 @@ def main() -> None:
     print(f"one tile in the main process: {item_ms:.2f} ms")
 
     results: dict[str, Any] = {"tiles": dataset.n_tiles, "item_ms": item_ms, "loaders": {}}
-    dataset.collate = _as_is
     print(f"{'loader':>6} {'workers':>7} {'startup s':>9} {'tiles/s':>9} {'main ms/batch':>13} {'receive CPU ms':>14}")
     for workers in args.workers:
         for mode in ("ring", "fresh"):
-            row = _run_loader(dataset, args, device, workers, mode, _TileRing)
+            row = _run_loader(dataset, args, device, workers, mode)
             print(
                 f"{mode:>6} {workers:>7} {row['startup_s']:>9.2f} {row['tiles_per_s']:>9.0f} "
                 f"{row['main_ms_per_batch']:>13.1f} {row['receive_cpu_ms_per_batch']:>14.2f}"
@@ -83,22 +82,24 @@ def main() -> None:
 
 
 def _run_loader(
-    dataset: Any, args: argparse.Namespace, device: torch.device, workers: int, mode: str, ring_class: Any
+    dataset: Any, args: argparse.Namespace, device: torch.device, workers: int, mode: str
 ) -> dict[str, float]:
     """One pass over the slide: ``ring`` as the engine reads (shared slots, batch numbers handed over), ``fresh``
     the DataLoader's default (a new shared-memory batch each time, pinned by its pin-memory thread on CUDA)."""
+    from anomalib_wsi.engine import _as_is, _TileRing
+
     prefetch = 2
     for handle in dataset._handles.values():  # no pass starts with the previous pass's decoded tiles cached
         handle.close()
     dataset._handles = {}
     ring = None
     if mode == "ring":
-        ring = ring_class(min(len(dataset), prefetch * max(1, workers) + 2), args.batch_size, args.tile_size)
+        ring = _TileRing(min(len(dataset), prefetch * max(1, workers) + 2), args.batch_size, args.tile_size)
     dataset.ring = ring
     loader = DataLoader(
         dataset,
         batch_size=None,
-        collate_fn=dataset.collate,
+        collate_fn=_as_is,
         num_workers=workers,
         pin_memory=device.type == "cuda" and ring is None,
         prefetch_factor=prefetch if workers > 0 else None,

@@ -19,6 +19,7 @@ from __future__ import annotations
 import argparse
 import tempfile
 import time
+from functools import partial
 from pathlib import Path
 
 import numpy as np
@@ -60,31 +61,26 @@ def bench(slide_path: Path, target_mpp: float, tile_size: int, rounds: int) -> N
     coords = list(zip(table.x.tolist(), table.y.tolist(), strict=True))
     size = (plan.read_size_px, plan.read_size_px)
 
-    def ours() -> None:
-        fresh = Slide(slide_path)
+    def ours(direct_tiff: bool = True) -> None:
+        fresh = Slide(slide_path, direct_tiff=direct_tiff)
         for x, y in coords:
             fresh.read_tile(x, y, plan)
         fresh.close()
 
-    def ours_openslide() -> None:
-        fresh = Slide(slide_path, direct_tiff=False)
-        for x, y in coords:
-            fresh.read_tile(x, y, plan)
-        fresh.close()
-
-    def bare() -> None:
+    def bare(to_numpy: bool = False) -> None:
         handle = openslide.OpenSlide(str(slide_path))
         for x, y in coords:
-            handle.read_region((x, y), plan.level, size)
+            region = handle.read_region((x, y), plan.level, size)
+            if to_numpy:
+                np.asarray(region)
         handle.close()
 
-    def bare_numpy() -> None:
-        handle = openslide.OpenSlide(str(slide_path))
-        for x, y in coords:
-            np.asarray(handle.read_region((x, y), plan.level, size))
-        handle.close()
-
-    loops = {"ours": ours, "ours, openslide": ours_openslide, "bare": bare, "bare+numpy": bare_numpy}
+    loops = {
+        "ours": ours,
+        "ours, openslide": partial(ours, direct_tiff=False),
+        "bare": bare,
+        "bare+numpy": partial(bare, to_numpy=True),
+    }
     best = dict.fromkeys(loops, np.inf)
     for name in loops:  # warm-up: file cache, decoder
         loops[name]()
