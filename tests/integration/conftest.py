@@ -12,6 +12,7 @@ measured 26 tiles/s on two threads against 136 on one).
 
 from __future__ import annotations
 
+import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -53,6 +54,14 @@ class TrainedModel:
     def is_tumour(self, slide_id: str) -> bool:
         """Whether slide ``slide_id`` carries tumour."""
         return slide_id in self.cohort.tumour_slide_ids
+
+
+@pytest.fixture
+def free_port() -> int:
+    """A TCP port free on 127.0.0.1 just now, so parallel runs never share a rendezvous."""
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return int(probe.getsockname()[1])
 
 
 @pytest.fixture

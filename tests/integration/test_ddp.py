@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import os
-import socket
 import subprocess
 import sys
 from pathlib import Path
@@ -14,7 +13,7 @@ ROOT = Path(__file__).resolve().parents[2]
 
 
 @pytest.mark.slow
-def test_ddp_training_on_two_cpu_processes(tmp_path: Path) -> None:
+def test_ddp_training_on_two_cpu_processes(tmp_path: Path, free_port: int) -> None:
     """Plain ``strategy=ddp`` (no unused-parameter search) trains the demo model for one epoch on 2 processes."""
     from anomalib_wsi.data.synthetic import synthesize_cohort
 
@@ -40,10 +39,7 @@ def test_ddp_training_on_two_cpu_processes(tmp_path: Path) -> None:
         "--data.init_args.num_workers",
         "0",
     ]
-    with socket.socket() as probe:  # a free port, so parallel runs never share a rendezvous
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port)}
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port)}
     done = subprocess.run(command, cwd=tmp_path, capture_output=True, text=True, timeout=1500, check=False, env=env)
     log = done.stdout[-3000:] + done.stderr[-3000:]
     assert done.returncode == 0, log
@@ -95,16 +91,13 @@ print(f"rank {trainer.global_rank} steps {trainer.global_step} checksum {student
 
 
 @pytest.mark.slow
-def test_cosine_ddp_rank_with_tumour_tiles_only_does_not_stall(tmp_path: Path) -> None:
+def test_cosine_ddp_rank_with_tumour_tiles_only_does_not_stall(tmp_path: Path, free_port: int) -> None:
     """Plain RD (cosine loss) under DDP where one rank's batches hold only tumour tiles: that rank returns a zero
     loss instead of skipping the step, so both ranks finish 3 steps with the same student weights. (Returning None
     there stopped the run: Lightning refuses a skipped training_step in distributed training.)"""
     script = tmp_path / "cosine_ddp.py"
     script.write_text(_COSINE_DDP_SCRIPT)
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
-    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(port), "OMP_NUM_THREADS": "1"}
+    env = {**os.environ, "MASTER_ADDR": "127.0.0.1", "MASTER_PORT": str(free_port), "OMP_NUM_THREADS": "1"}
     try:
         done = subprocess.run(
             [sys.executable, str(script), str(tmp_path)], cwd=tmp_path, capture_output=True, text=True, timeout=300,

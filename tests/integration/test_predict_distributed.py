@@ -5,35 +5,48 @@ from __future__ import annotations
 import json
 import os
 import shutil
-import socket
 import subprocess
 import sys
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import pandas as pd
 import pytest
+import torch
 
 from anomalib_wsi.engine import WSIEngine
 from anomalib_wsi.models.rd_focal import RDFocal
 
 
-@pytest.mark.slow
-def test_two_ranks_give_the_single_process_outputs(trained_model, tmp_path: Path, one_torch_thread) -> None:
-    slides = tmp_path / "slides"
+@pytest.fixture(scope="module")
+def single_run(trained_model, tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[Any]]:
+    """The held-out slides and one bad file in ``<root>/slides``, predicted by one process into ``<root>/single``
+    (what the ranks must equal): returns the root and the predictions."""
+    root = tmp_path_factory.mktemp("distributed")
+    slides = root / "slides"
     slides.mkdir()
     for slide_id in trained_model.held_out_ids:
         shutil.copy(trained_model.slide(slide_id).path, slides / f"{slide_id}.tif")
     (slides / "broken.tif").write_bytes(b"not a slide")  # one bad slide: recorded once, by the rank that owns it
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        single = WSIEngine(num_workers=0, progress=False).predict(
+            model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=slides, output_dir=root / "single"
+        )
+    finally:
+        torch.set_num_threads(threads)
+    return root, single
 
-    single = WSIEngine(num_workers=0, progress=False).predict(
-        model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=slides, output_dir=tmp_path / "single"
-    )
+
+@pytest.mark.slow
+def test_two_ranks_give_the_single_process_outputs(
+    trained_model, single_run: tuple[Path, list[Any]], tmp_path: Path, free_port: int
+) -> None:
+    root, single = single_run
+    slides = root / "slides"
     assert len(single) == len(trained_model.held_out_ids)
-
-    with socket.socket() as probe:
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
     command = [
         sys.executable,
         "-m",
@@ -43,7 +56,7 @@ def test_two_ranks_give_the_single_process_outputs(trained_model, tmp_path: Path
         "--master_addr",
         "127.0.0.1",
         "--master_port",
-        str(port),
+        str(free_port),
         str(Path(sys.executable).parent / "anomalib-wsi"),
         "predict",
         "--ckpt",
@@ -62,10 +75,10 @@ def test_two_ranks_give_the_single_process_outputs(trained_model, tmp_path: Path
 
     # every slide predicted once, by one rank, with the single process's numbers (same model, same tiles, CPU)
     for slide_id in trained_model.held_out_ids:
-        a = np.load(tmp_path / "single" / slide_id / "heatmap.npy")
+        a = np.load(root / "single" / slide_id / "heatmap.npy")
         b = np.load(tmp_path / "ranks" / slide_id / "heatmap.npy")
         np.testing.assert_allclose(a, b, atol=1e-6, equal_nan=True)
-        score_a = json.loads((tmp_path / "single" / slide_id / "summary.json").read_text())["slide_score"]
+        score_a = json.loads((root / "single" / slide_id / "summary.json").read_text())["slide_score"]
         score_b = json.loads((tmp_path / "ranks" / slide_id / "summary.json").read_text())["slide_score"]
         assert abs(score_a - score_b) <= 1e-6
     summary = pd.read_csv(tmp_path / "ranks" / "summary.csv")
@@ -75,18 +88,14 @@ def test_two_ranks_give_the_single_process_outputs(trained_model, tmp_path: Path
 
 
 @pytest.mark.slow
-def test_plain_slurm_tasks_write_complete_tables(trained_model, tmp_path: Path, one_torch_thread) -> None:
+def test_plain_slurm_tasks_write_complete_tables(
+    trained_model, single_run: tuple[Path, list[Any]], tmp_path: Path
+) -> None:
     """Two processes started side by side as SLURM starts tasks (SLURM_PROCID / SLURM_NTASKS, no torchrun, no
     process group): each predicts its half of the slides, and the run tables written last cover every slide, with
     the single process's scores."""
-    slides = tmp_path / "slides"
-    slides.mkdir()
-    for slide_id in trained_model.held_out_ids:
-        shutil.copy(trained_model.slide(slide_id).path, slides / f"{slide_id}.tif")
-    (slides / "broken.tif").write_bytes(b"not a slide")
-    single = WSIEngine(num_workers=0, progress=False).predict(
-        model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=slides, output_dir=tmp_path / "single"
-    )
+    root, single = single_run
+    slides = root / "slides"
     command = [
         str(Path(sys.executable).parent / "anomalib-wsi"), "predict", "--ckpt", str(trained_model.ckpt_path),
         str(slides), "--output", str(tmp_path / "tasks"), "--num-workers", "0",
