@@ -20,7 +20,7 @@ __version__ = "0.1.0"
 __all__ = ["RDFocal", "WSIDataModule", "WSIEngine", "WSIPostProcessor", "__version__"]
 
 _LAZY = {
-    "WSIEngine": "anomalib_wsi.engine",
+    "WSIEngine": "anomalib_wsi.inference.engine",
     "WSIDataModule": "anomalib_wsi.data.datamodule",
     "RDFocal": "anomalib_wsi.models.rd_focal.lightning_model",
     "WSIPostProcessor": "anomalib_wsi.post_processing.post_processor",
@@ -28,7 +28,7 @@ _LAZY = {
 
 if TYPE_CHECKING:
     from anomalib_wsi.data.datamodule import WSIDataModule
-    from anomalib_wsi.engine import WSIEngine
+    from anomalib_wsi.inference.engine import WSIEngine
     from anomalib_wsi.models.rd_focal.lightning_model import RDFocal
     from anomalib_wsi.post_processing.post_processor import WSIPostProcessor
 

@@ -80,8 +80,8 @@ def run_demo(output: str | Path = "demo_output", seed: int = 0, max_epochs: int 
     import lightning
 
     from anomalib_wsi.data.datamodule import WSIDataModule
-    from anomalib_wsi.engine import WSIEngine, trained_checkpoint
     from anomalib_wsi.evaluation.report import evaluate_command
+    from anomalib_wsi.inference import WSIEngine, trained_checkpoint
     from anomalib_wsi.models.rd_focal import RDFocal
     from anomalib_wsi.slide import Slide
 
@@ -131,7 +131,7 @@ def run_demo(output: str | Path = "demo_output", seed: int = 0, max_epochs: int 
     figures = {
         "slide_auc": report.get("slide_auc"),
         "froc": report.get("froc_score"),
-        "tiles_per_second": getattr(predictor, "last_tiles_per_second", float("nan")),
+        "tiles_per_second": results.tiles_per_second,
         "checkpoint": str(ckpt),
         "predictions": str(output / "predictions"),
         "evaluation": str(output / "evaluation"),

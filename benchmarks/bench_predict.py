@@ -3,10 +3,10 @@
 In one process, with the same checkpoint, batch size and precision, it measures
 
 a) **bare**: the model on tiles already in memory as a uint8 tensor on the device, through the engine's own
-   ``_TileForward`` (float/255, pre-processor, channels-last, autocast, scores back to the CPU): the ceiling;
+   ``TileForward`` (float/255, pre-processor, channels-last, autocast, scores back to the CPU): the ceiling;
 b) **engine**: ``WSIEngine(...).predict(slides=[slide])`` on a synthetic (or given) slide: the whole call
    (checkpoint loading, tissue detection, tiling, reading, the model, stitching, lesions, output files) and the
-   streaming rate the engine reports (``last_tiles_per_second``); the ratio b/a is the issue's goal
+   streaming rate the engine reports (``PredictionRun.tiles_per_second``); the ratio b/a is the issue's goal
    (CPU + tiny backbone: at least 0.7; GPU + wide_resnet50_2 at 256 px in bf16: at least 0.8). A warm-up
    prediction of the same slide runs first (compilation, cuDNN autotuning, the last partial batch's shape); with
    ``--repeats N`` the engine runs N times with a bare measurement before and after each, and the best is kept;
@@ -205,10 +205,10 @@ def _read_tiles(slide_path: Path, table: Any, mpp: float, tile_size: int, n: int
 def _bare(
     module: Any, device: torch.device, args: argparse.Namespace, tiles_u8: torch.Tensor, compile_model: bool
 ) -> dict[str, Any]:
-    from anomalib_wsi.engine import _TileForward
+    from anomalib_wsi.inference.forward import TileForward
 
     cells = int(getattr(module.post_processor, "heatmap_cells_per_tile", 1) or 1)
-    forward = _TileForward(
+    forward = TileForward(
         module, device, args.precision, compile_model, None, args.batch_size, cells if cells > 1 else 0
     )
     batch = tiles_u8[: args.batch_size]
@@ -244,7 +244,7 @@ def _bare(
 def _engine_predict(
     ckpt: Path, slide: Path, out_dir: Path, args: argparse.Namespace, device: torch.device, compile_model: bool
 ) -> dict[str, Any]:
-    from anomalib_wsi.engine import WSIEngine
+    from anomalib_wsi.inference import WSIEngine
     from anomalib_wsi.models.rd_focal import RDFocal
 
     engine = WSIEngine(
@@ -269,18 +269,17 @@ def _engine_predict(
             min_tissue=args.min_tissue,
         )
     seconds = time.perf_counter() - start
-    failures = getattr(engine, "last_failures", [])
-    if failures or not results:
-        msg = f"prediction failed: {failures}"
+    if results.failures or not results:
+        msg = f"prediction failed: {results.failures}"
         raise RuntimeError(msg)
     result = results[0]
     return {
         "tiles": result.n_tiles,
         "call_s": seconds,
         "tiles_per_s_call": result.n_tiles / seconds,
-        "tiles_per_s_stream": float(getattr(engine, "last_tiles_per_second", float("nan"))),
+        "tiles_per_s_stream": results.tiles_per_second,
         "timings": {k: round(v, 3) for k, v in result.timings.items()},
-        "main_process_s": {k: round(v, 3) for k, v in getattr(engine, "last_stage_seconds", {}).items()},
+        "main_process_s": {k: round(v, 3) for k, v in results.stage_seconds.items()},
         "heatmap_shape": list(result.heatmap.values.shape),
         "cuda_peak_gib": torch.cuda.max_memory_allocated(device) / 2**30 if device.type == "cuda" else None,
     }
@@ -532,7 +531,7 @@ def main(argv: list[str] | None = None) -> int:
         return 2
     device = selected
 
-    from anomalib_wsi.engine import load_model
+    from anomalib_wsi.inference import load_model
     from anomalib_wsi.models.rd_focal import RDFocal
     from anomalib_wsi.slide.reader import Slide
 

@@ -37,7 +37,7 @@ def main() -> None:
     args = parser.parse_args()
 
     from anomalib_wsi.data.synthetic import synthesize_slide
-    from anomalib_wsi.engine import _PredictBatches, _SlideJob
+    from anomalib_wsi.inference.loader import SlideJob, TileBatches
     from anomalib_wsi.slide.reader import Slide
     from anomalib_wsi.slide.tiling import TilingConfig, tile_slide
 
@@ -54,10 +54,10 @@ def main() -> None:
     slide = Slide(slide_path)
     plan = slide.plan_read(args.mpp, args.tile_size)
     table = tile_slide(slide, TilingConfig(mpp=args.mpp, tile_size_px=args.tile_size))
-    job = _SlideJob(
+    job = SlideJob(
         slide_path, slide.slide_id, None, args.workdir, plan, table, slide.dimensions, slide.mpp, 1.0, None, 1.0
     )  # type: ignore[arg-type]
-    dataset = _PredictBatches([job], args.batch_size)
+    dataset = TileBatches([job], args.batch_size)
     print(
         f"{slide_path.name}: {dataset.n_tiles} tiles of {args.tile_size} px, batch {args.batch_size}, device {device}"
     )
@@ -86,7 +86,7 @@ def _run_loader(
 ) -> dict[str, float]:
     """One pass over the slide: ``ring`` as the engine reads (shared slots, batch numbers handed over), ``fresh``
     the DataLoader's default (a new shared-memory batch each time, pinned by its pin-memory thread on CUDA)."""
-    from anomalib_wsi.engine import _as_is, _TileRing
+    from anomalib_wsi.inference.loader import TileRing, pass_through
 
     prefetch = 2
     for handle in dataset._handles.values():  # no pass starts with the previous pass's decoded tiles cached
@@ -94,12 +94,12 @@ def _run_loader(
     dataset._handles = {}
     ring = None
     if mode == "ring":
-        ring = _TileRing(min(len(dataset), prefetch * max(1, workers) + 2), args.batch_size, args.tile_size)
+        ring = TileRing(min(len(dataset), prefetch * max(1, workers) + 2), args.batch_size, args.tile_size)
     dataset.ring = ring
     loader = DataLoader(
         dataset,
         batch_size=None,
-        collate_fn=_as_is,
+        collate_fn=pass_through,
         num_workers=workers,
         pin_memory=device.type == "cuda" and ring is None,
         prefetch_factor=prefetch if workers > 0 else None,

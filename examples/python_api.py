@@ -13,7 +13,7 @@ from pathlib import Path
 
 from anomalib_wsi import RDFocal, WSIDataModule, WSIEngine
 from anomalib_wsi.data import synthesize_cohort
-from anomalib_wsi.engine import trained_checkpoint
+from anomalib_wsi.inference import trained_checkpoint
 
 
 def main() -> None:

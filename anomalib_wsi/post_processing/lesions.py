@@ -311,5 +311,5 @@ def write_lesions_geojson(
         classification=classification,
         color=color,
         measurements=[lesion.measurements for lesion in lesions],
-        names=[f"Lesion {i + 1}" for i in range(len(lesions))],
+        names=[f"lesion {i + 1}" for i in range(len(lesions))],
     )

@@ -80,7 +80,7 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
 
     from anomalib_wsi.data.datamodule import WSIDataModule
     from anomalib_wsi.demo import DEMO_DATA, DEMO_MODEL, DEMO_TRAINER
-    from anomalib_wsi.engine import WSIEngine, trained_checkpoint
+    from anomalib_wsi.inference import WSIEngine, trained_checkpoint
     from anomalib_wsi.models.rd_focal import RDFocal
 
     root = tmp_path_factory.mktemp("trained")

@@ -41,7 +41,7 @@ def test_anomalib_train_writes_a_checkpoint_that_loads(tmp_path: Path) -> None:
     checkpoints = list((tmp_path / "results").rglob("*.ckpt"))
     assert checkpoints, "anomalib train wrote no checkpoint"
 
-    from anomalib_wsi.engine import load_model
+    from anomalib_wsi.inference import load_model
     from anomalib_wsi.models.rd_focal import RDFocal
 
     model, data_hparams = load_model(RDFocal, checkpoints[0])

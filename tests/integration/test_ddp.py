@@ -47,7 +47,7 @@ def test_ddp_training_on_two_cpu_processes(tmp_path: Path, free_port: int) -> No
     checkpoints = list((tmp_path / "results").rglob("*.ckpt"))
     assert len(checkpoints) == 1, checkpoints
 
-    from anomalib_wsi.engine import load_model
+    from anomalib_wsi.inference import load_model
     from anomalib_wsi.models.rd_focal import RDFocal
 
     model, data_hparams = load_model(RDFocal, checkpoints[0])

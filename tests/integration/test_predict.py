@@ -29,8 +29,9 @@ import torch
 from shapely.geometry import box
 
 from anomalib_wsi.annotations import read_annotations
+from anomalib_wsi.cli.predict import predict_command
 from anomalib_wsi.data.synthetic import SyntheticSlide
-from anomalib_wsi.engine import SlidePrediction, WSIEngine, predict_command
+from anomalib_wsi.inference import SlidePrediction, WSIEngine
 from anomalib_wsi.models.rd_focal import RDFocal
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_torch_thread")]
@@ -308,8 +309,8 @@ def test_two_workers_give_the_same_outputs_and_report_a_worker_error(
             model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=slides, output_dir=tmp_path / f"w{workers}"
         )
         assert [r.slide_id for r in results] == ["small_tumour", "small_normal"]
-        assert [(f["slide_id"], f["stage"]) for f in engine.last_failures] == [("damaged", "reading")]
-        assert "cannot read pixels" in engine.last_failures[0]["error"]
+        assert [(f.slide_id, f.stage) for f in results.failures] == [("damaged", "reading")]
+        assert "cannot read pixels" in results.failures[0].error
         runs[workers] = results
     for one, two in zip(runs[0], runs[2], strict=True):
         assert one.n_tiles == two.n_tiles > 20
@@ -364,7 +365,7 @@ def test_interrupted_run_resumes_without_redoing_a_slide(
         model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=slides, output_dir=tmp_path / "reference"
     )
     output = tmp_path / "resumed"
-    original = WSIEngine._write_outputs
+    original = WSIEngine._write
     calls: list[str] = []
 
     def interrupted_after_one(self: WSIEngine, module: Any, job: Any, *args: Any) -> SlidePrediction:
@@ -374,7 +375,7 @@ def test_interrupted_run_resumes_without_redoing_a_slide(
         return original(self, module, job, *args)
 
     with monkeypatch.context() as patch:
-        patch.setattr(WSIEngine, "_write_outputs", interrupted_after_one)
+        patch.setattr(WSIEngine, "_write", interrupted_after_one)
         with pytest.raises(KeyboardInterrupt):
             _engine().predict(model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=slides, output_dir=output)
     assert calls == ids
@@ -388,7 +389,7 @@ def test_interrupted_run_resumes_without_redoing_a_slide(
         written.append(job.slide_id)
         return original(self, module, job, *args)
 
-    monkeypatch.setattr(WSIEngine, "_write_outputs", recording)
+    monkeypatch.setattr(WSIEngine, "_write", recording)
     resumed = _engine().predict(model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=slides, output_dir=output)
     assert written == ["small_tumour"]  # the finished slide is not predicted again
     assert [(r.slide_id, r.skipped) for r in resumed] == [("small_normal", True), ("small_tumour", False)]
@@ -465,8 +466,9 @@ def test_a_replaced_slide_is_predicted_again_and_leaves_no_stale_outputs(
     assert second.slide_score < 0.5 < first.slide_score
     shutil.copy(truncated_slide, slide)  # and now a broken file under that name
     engine = _engine()
-    assert engine.predict(model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=[slide], output_dir=output) == []
-    assert [f["stage"] for f in engine.last_failures] == ["tiling"]
+    run = engine.predict(model=RDFocal, ckpt_path=trained_model.ckpt_path, slides=[slide], output_dir=output)
+    assert run == []
+    assert [f.stage for f in run.failures] == ["tiling"]
     for name in OUTPUT_FILES:
         assert not (output / "slide" / name).exists(), f"stale {name} of the earlier slide left behind"
     assert pd.read_csv(output / "summary.csv").empty
@@ -500,9 +502,9 @@ def test_two_slides_with_the_same_name_do_not_overwrite_each_other(
     )
     assert [r.slide_path for r in results] == [tmp_path / "a" / "case.tif"]
     assert results[0].slide_score > 0.5  # the tumour slide's outputs, not overwritten by the normal one
-    (failure,) = engine.last_failures
-    assert failure["slide_path"] == str(tmp_path / "b" / "case.tif")
-    assert "same name" in failure["error"] and str(tmp_path / "a" / "case.tif") in failure["error"]
+    (failure,) = results.failures
+    assert failure.slide_path == tmp_path / "b" / "case.tif"
+    assert "same name" in failure.error and str(tmp_path / "a" / "case.tif") in failure.error
     assert json.loads((tmp_path / "out" / "case" / "summary.json").read_text())["slide_path"].startswith(
         str(tmp_path / "a")
     )

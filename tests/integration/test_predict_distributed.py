@@ -15,7 +15,7 @@ import pandas as pd
 import pytest
 import torch
 
-from anomalib_wsi.engine import WSIEngine
+from anomalib_wsi.inference import WSIEngine
 from anomalib_wsi.models.rd_focal import RDFocal
 
 

@@ -6,7 +6,7 @@ import os
 
 import pytest
 
-from anomalib_wsi.engine import WSIEngine, default_num_workers, distributed_rank
+from anomalib_wsi.inference import WSIEngine, default_num_workers, distributed_rank
 
 ENV_KEYS = ("RANK", "WORLD_SIZE", "LOCAL_RANK", "SLURM_PROCID", "SLURM_NTASKS", "SLURM_LOCALID")
 

@@ -1,0 +1,105 @@
+"""``anomalib-wsi predict``: heatmaps, QuPath GeoJSON lesions, Camelyon16 detections and a score per slide."""
+
+from __future__ import annotations
+
+import logging
+import os
+from pathlib import Path
+from typing import Any
+
+from jsonargparse import ArgumentParser
+
+from anomalib_wsi.inference.settings import PREDICT_MIN_TISSUE
+
+__all__ = ["parser", "predict_command", "run"]
+
+logger = logging.getLogger(__name__)
+
+
+def parser() -> ArgumentParser:
+    """The sub-command's options."""
+    p = ArgumentParser(description="Predict slides: heatmaps, QuPath GeoJSON lesions, Camelyon16 detections, scores.")
+    p.add_argument("slides", nargs="+", help="slide files, folders of slides, or a manifest CSV")
+    p.add_argument("--ckpt", required=True, help="RDFocal checkpoint (.ckpt) from anomalib train or the demo")
+    p.add_argument("--output", required=True, help="output folder (one sub-folder per slide)")
+    p.add_argument("--batch-size", type=int, default=32)
+    p.add_argument(
+        "--num-workers", type=int, default=None, help="tile-reading workers (default: half the usable CPUs, at most 8)"
+    )
+    p.add_argument("--precision", default="32", help="32, bf16 or 16 (autocast on GPU)")
+    p.add_argument(
+        "--stride", type=int, default=None, help="step between tiles at the model's mpp (default: tile size)"
+    )
+    p.add_argument("--slide-mpp", type=float, default=None, help="level-0 mpp for slides that record none")
+    p.add_argument("--device", default="auto", help="auto, cpu or cuda")
+    p.add_argument("--threshold", type=float, default=None, help="lesion threshold on normalised scores (0-1)")
+    p.add_argument(
+        "--min-tissue", type=float, default=PREDICT_MIN_TISSUE, help="minimum tissue fraction of a scored tile"
+    )
+    p.add_argument("--channels-last", action="store_true", help="channels-last network (faster on GPUs)")
+    p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU; slow first batches)")
+    return p
+
+
+def predict_command(
+    slides: list[str],
+    ckpt: str,
+    output: str,
+    batch_size: int = 32,
+    num_workers: int | None = None,
+    precision: str = "32",
+    stride: int | None = None,
+    slide_mpp: float | None = None,
+    device: str = "auto",
+    threshold: float | None = None,
+    min_tissue: float = PREDICT_MIN_TISSUE,
+    channels_last: bool = False,
+    compile: bool = False,
+) -> int:
+    """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed (on any rank)."""
+    import torch
+    import torch.distributed as dist
+
+    from anomalib_wsi.inference import WSIEngine, distributed_rank
+
+    _, world, _ = distributed_rank()
+    if world > 1 and "MASTER_ADDR" in os.environ and not dist.is_initialized():
+        # torchrun: a CPU process group only to wait for each other at the end (so no rank is stopped early
+        # by a rank that exits with failures) and to agree on the exit status
+        dist.init_process_group("gloo")
+    engine = WSIEngine(
+        batch_size=batch_size,
+        num_workers=num_workers,
+        device=device,
+        precision=precision,
+        compile_model=compile,
+        channels_last=True if channels_last else None,
+    )
+    run = engine.predict(
+        model=None,
+        ckpt_path=ckpt,
+        slides=slides,
+        output_dir=output,
+        stride_px=stride,
+        slide_mpp=slide_mpp,
+        lesion_threshold=threshold,
+        min_tissue=min_tissue,
+    )
+    logger.info(
+        "%d slides predicted (%d skipped as done), %d failed; summary in %s",
+        len(run),
+        sum(r.skipped for r in run),
+        len(run.failures),
+        Path(output) / "summary.csv",
+    )
+    failed = len(run.failures)
+    if dist.is_available() and dist.is_initialized():
+        total = torch.tensor([failed])
+        dist.all_reduce(total)
+        failed = int(total.item())
+    return 1 if failed else 0
+
+
+def run(**options: Any) -> int:
+    """Run the sub-command; returns the exit status."""
+    return predict_command(**options)

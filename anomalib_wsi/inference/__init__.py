@@ -1,0 +1,30 @@
+"""Slide prediction: :class:`WSIEngine` and the parts it is made of.
+
+- :mod:`~anomalib_wsi.inference.engine`: :class:`WSIEngine` (resolve -> plan -> stream -> finish).
+- :mod:`~anomalib_wsi.inference.settings`: :class:`PredictionSettings`, :class:`SlidePrediction`,
+  :class:`PredictionRun` (what ``predict`` returns), :class:`SlideFailure`.
+- :mod:`~anomalib_wsi.inference.loader`: slide jobs, reading order, the shared-memory tile ring and its DataLoader.
+- :mod:`~anomalib_wsi.inference.forward`: the device forward (autocast, channels-last, compile, async copies).
+- :mod:`~anomalib_wsi.inference.resume`: fingerprints and reading finished slides back.
+- :mod:`~anomalib_wsi.inference.distributed`: ranks, default reader workers, the run tables.
+- :mod:`~anomalib_wsi.inference.checkpoint`: :func:`load_model`, :func:`trained_checkpoint`.
+"""
+
+from __future__ import annotations
+
+from anomalib_wsi.inference.checkpoint import load_model, trained_checkpoint
+from anomalib_wsi.inference.distributed import default_num_workers, distributed_rank
+from anomalib_wsi.inference.engine import WSIEngine
+from anomalib_wsi.inference.settings import PredictionRun, PredictionSettings, SlideFailure, SlidePrediction
+
+__all__ = [
+    "PredictionRun",
+    "PredictionSettings",
+    "SlideFailure",
+    "SlidePrediction",
+    "WSIEngine",
+    "default_num_workers",
+    "distributed_rank",
+    "load_model",
+    "trained_checkpoint",
+]
