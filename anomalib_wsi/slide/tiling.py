@@ -31,7 +31,8 @@ import pandas as pd
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.io import atomic_path
 from anomalib_wsi.slide.coverage import coverage_from_integral, mask_integral
-from anomalib_wsi.slide.reader import ReadPlan, Slide, list_slides
+from anomalib_wsi.slide.ids import printable, slide_id_from_path, slide_output_dir
+from anomalib_wsi.slide.reader import SLIDE_EXTENSIONS, ReadPlan, Slide, find_slides
 from anomalib_wsi.slide.tissue import TissueConfig, TissueMask, detect_tissue, save_tissue_png
 
 __all__ = [
@@ -319,6 +320,7 @@ def load_or_tile(
     config: TilingConfig,
     cache_dir: str | Path,
     slide_mpp: float | None = None,
+    max_slide_pixels: int | None = None,
 ) -> tuple[pd.DataFrame, TissueMask | None]:
     """The tile table of a slide, from ``cache_dir`` when it was made with the same parameters, else computed.
 
@@ -331,6 +333,8 @@ def load_or_tile(
         config: tiling settings.
         cache_dir: folder of the cache (created when missing).
         slide_mpp: level-0 mpp for slides that record none (overrides the metadata).
+        max_slide_pixels: largest level-0 area the slide may claim (default
+            :func:`~anomalib_wsi.slide.reader.max_slide_pixels`).
 
     Returns:
         The tile table (columns :data:`TILE_COLUMNS` only: labels are added by the caller, never cached), and
@@ -341,7 +345,9 @@ def load_or_tile(
     """
     slide_path = Path(slide_path)
     cache_dir = Path(cache_dir)
-    with Slide(slide_path, mpp=slide_mpp, mpp_tolerance=config.mpp_tolerance) as slide:  # fails on a bad file
+    with Slide(
+        slide_path, mpp=slide_mpp, mpp_tolerance=config.mpp_tolerance, max_pixels=max_slide_pixels
+    ) as slide:  # fails on a bad file
         key = _cache_key(slide_path, config, slide_mpp)
         cached = _read_cache(cache_dir, key)
         if cached is not None:
@@ -405,9 +411,12 @@ def _csv_header(path: Path) -> list[str]:
         return handle.readline().strip().split(",")
 
 
+_ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
+
+
 def _find_annotation(folder: Path, slide_id: str) -> Path | None:
     """``folder/<slide_id>.xml``, ``.geojson`` or ``.json``, the first that exists."""
-    for suffix in (".xml", ".geojson", ".json"):
+    for suffix in _ANNOTATION_SUFFIXES:
         candidate = folder / f"{slide_id}{suffix}"
         if candidate.is_file():
             return candidate
@@ -421,14 +430,15 @@ def _tile_one(
     slide_mpp: float | None,
     annotation_dir: Path | None,
     tumour_threshold: float,
+    max_slide_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Tile one slide into ``out_dir`` (tiles.csv, tiles.json, tissue.png); returns its summary row."""
     start = time.perf_counter()
-    table, tissue = load_or_tile(slide_path, config, out_dir, slide_mpp=slide_mpp)
+    table, tissue = load_or_tile(slide_path, config, out_dir, slide_mpp=slide_mpp, max_slide_pixels=max_slide_pixels)
     record = read_tiling_record(out_dir)
     row: dict[str, Any] = {
         "slide_id": record["slide_id"],
-        "slide_path": str(slide_path),
+        "slide_path": printable(slide_path),
         "tiles": len(table),
         "slide_mpp": record["level0_mpp"],
         "mpp": config.mpp,
@@ -447,7 +457,7 @@ def _tile_one(
         from anomalib_wsi.annotations.labels import label_tiles
 
         annotation_path = _find_annotation(annotation_dir, record["slide_id"])
-        with Slide(slide_path, mpp=slide_mpp) as slide:
+        with Slide(slide_path, mpp=slide_mpp, max_pixels=max_slide_pixels) as slide:
             if annotation_path is None:
                 logger.info("%s: no annotation file in %s; tiles labelled normal (0)", slide.slide_id, annotation_dir)
             else:
@@ -471,7 +481,7 @@ def _tile_one(
         _write_atomic(csv_path, lambda p: table.to_csv(p, index=False))
     png_path = out_dir / "tissue.png"
     if tissue is None and (annotations is not None or not png_path.is_file()):
-        with Slide(slide_path, mpp=slide_mpp) as slide:
+        with Slide(slide_path, mpp=slide_mpp, max_pixels=max_slide_pixels) as slide:
             tissue = detect_tissue(slide, config.tissue)
     if tissue is not None:
         save_tissue_png(png_path, tissue, annotations=annotations, tiles=table)
@@ -489,11 +499,16 @@ def tile_command(
     slide_mpp: float | None = None,
     annotations: str | None = None,
     tumour_threshold: float = 0.5,
+    max_slide_pixels: int | None = None,
 ) -> int:
     """``anomalib-wsi tile``: detect tissue and tile slides into ``output/<slide_id>/tiles.csv`` and ``tissue.png``.
 
     One bad slide does not stop the run: its error goes to ``output/failures.csv`` (``slide_path,slide_id,error``)
-    and to the log, and the other slides go on. ``output/summary.csv`` has one row per slide tiled.
+    and to the log, one line each, and the other slides go on. So do a slide whose id cannot name a folder
+    (``...tif``, see :mod:`anomalib_wsi.slide.ids`), a file where its output folder would go, a folder given or
+    found that holds no slide, and a folder entry named like a slide that is no file (broken link, link loop).
+    Nothing is written outside ``output``. ``output/summary.csv`` has one row per slide tiled. With
+    ``annotations``, annotation files that match no slide of the run are named in one warning.
 
     Args:
         slides: slide files or folders of slides.
@@ -506,6 +521,8 @@ def tile_command(
         annotations: folder of ASAP ``.xml`` / QuPath ``.geojson`` files named like the slides; when given the
             tables gain ``tumour_fraction`` and ``label`` (1 tumour, 0 normal, -1 ignored).
         tumour_threshold: tumour fraction from which a tile is tumour.
+        max_slide_pixels: largest level-0 area a slide may claim; larger ones fail (default
+            :func:`~anomalib_wsi.slide.reader.max_slide_pixels`: 2e11 px or ``ANOMALIB_WSI_MAX_SLIDE_PIXELS``).
 
     Returns:
         0 when every slide was tiled, 1 when any failed.
@@ -517,15 +534,23 @@ def tile_command(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     _check_options(mpp, tile_size, stride, min_tissue, slide_mpp, tumour_threshold)
+    if max_slide_pixels is not None and not max_slide_pixels >= 1:
+        msg = f"--max-slide-pixels must be a positive number of pixels, got {max_slide_pixels}"
+        raise WSIError(msg)
     config = TilingConfig(mpp=float(mpp), tile_size_px=int(tile_size), stride_px=stride, min_tissue=float(min_tissue))
     annotation_dir = Path(annotations) if annotations else None
     if annotation_dir is not None and not annotation_dir.is_dir():
         msg = f"--annotations {annotation_dir}: not a folder; give the folder holding <slide_id>.xml / .geojson files"
         raise WSIError(msg)
-    paths = list_slides(list(slides))
+    search = find_slides(list(slides))
+    paths = search.slides
     if not paths:
+        given = {Path(item) for item in slides}
+        entries = [message for path, message in search.problems if path not in given]
+        if entries:  # an entry named like a slide that is no file (broken link, loop): say what it is
+            raise WSIError(printable(f"no slide found: {entries[0]}"))
         msg = f"no slide found in {', '.join(map(str, slides))}; give slide files or folders of .svs/.tif/.ndpi/..."
-        raise WSIError(msg)
+        raise WSIError(printable(msg))
     out_root = Path(output)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
@@ -535,26 +560,37 @@ def tile_command(
 
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
+    for path, message in search.problems:
+        shown_id = printable(path.stem) if path.suffix.lower() in SLIDE_EXTENSIONS else ""
+        failures.append({"slide_path": printable(path), "slide_id": shown_id, "error": printable(message)})
+        logger.error("%s", printable(message))
     seen: dict[str, Path] = {}
     with logging_redirect_tqdm():
         for slide_path in tqdm(paths, desc="tiling", unit="slide", disable=None):
-            slide_id = slide_path.stem
+            shown_id = printable(slide_path.stem)
             try:
+                slide_id = slide_id_from_path(slide_path)
                 if slide_id in seen:
                     msg = f"{slide_path}: same slide id as {seen[slide_id]}; rename one (outputs go to DIR/<slide_id>)"
                     raise WSIError(msg)
                 seen[slide_id] = slide_path
+                out_dir = slide_output_dir(out_root, slide_id, source=slide_path)
                 rows.append(
-                    _tile_one(slide_path, config, out_root / slide_id, slide_mpp, annotation_dir, tumour_threshold)
+                    _tile_one(
+                        slide_path, config, out_dir, slide_mpp, annotation_dir, tumour_threshold, max_slide_pixels
+                    )
                 )
             except WSIError as err:
-                failures.append({"slide_path": str(slide_path), "slide_id": slide_id, "error": str(err)})
-                logger.error("%s failed: %s", slide_id, err)
+                error = printable(str(err))
+                failures.append({"slide_path": printable(slide_path), "slide_id": shown_id, "error": error})
+                logger.error("%s failed: %s", shown_id, error)
             except Exception as err:  # one bad slide must not stop the run
-                error = f"{type(err).__name__}: {err}".replace("\n", " ")
-                failures.append({"slide_path": str(slide_path), "slide_id": slide_id, "error": error})
-                logger.error("%s failed unexpectedly: %s (run with -v for the traceback)", slide_id, error)
-                logger.debug("traceback of %s", slide_id, exc_info=True)
+                error = printable(f"{type(err).__name__}: {err}".replace("\n", " "))
+                failures.append({"slide_path": printable(slide_path), "slide_id": shown_id, "error": error})
+                logger.error("%s failed unexpectedly: %s (run with -v for the traceback)", shown_id, error)
+                logger.debug("traceback of %s", shown_id, exc_info=True)
+    if annotation_dir is not None:
+        _warn_unmatched_annotations(annotation_dir, {path.stem for path in paths})
 
     summary = pd.DataFrame(rows, columns=None if rows else ["slide_id", "slide_path", "tiles"])
     _write_atomic(out_root / "summary.csv", lambda p: summary.to_csv(p, index=False))
@@ -566,3 +602,30 @@ def tile_command(
         logger.error("%d slide(s) failed; see %s", len(failures), out_root / "failures.csv")
         return 1
     return 0
+
+
+def _warn_unmatched_annotations(annotation_dir: Path, slide_ids: set[str]) -> None:
+    """One warning naming the annotation files of ``annotation_dir`` that match none of ``slide_ids``."""
+    unmatched = sorted(
+        p.name
+        for p in annotation_dir.iterdir()
+        if p.suffix.lower() in _ANNOTATION_SUFFIXES and p.is_file() and p.stem not in slide_ids
+    )
+    if not unmatched:
+        return
+    by_lower = {slide_id.lower(): slide_id for slide_id in slide_ids}
+    named = [
+        f"{name} (slide {printable(by_lower[Path(name).stem.lower()])!r} differs in case)"
+        if Path(name).stem.lower() in by_lower
+        else name
+        for name in unmatched
+    ]
+    more = f" and {len(named) - 5} more" if len(named) > 5 else ""
+    logger.warning(
+        "%d annotation file(s) in %s match no slide of this run and were not used: %s%s; an annotation labels the "
+        "slide whose id (file name without the extension) is its own file name without the extension",
+        len(named),
+        annotation_dir,
+        printable(", ".join(named[:5])),
+        more,
+    )
