@@ -358,3 +358,32 @@ def test_annotations_label_the_tiles(make_slide: Callable[..., Path], tmp_path: 
     # without annotations the labels go away again
     assert main(["tile", slide, "--output", str(out)]) == 0
     assert "label" not in pd.read_csv(out / "slide" / "tiles.csv").columns
+
+
+@pytest.mark.parametrize(
+    ("content", "message"),
+    [
+        ("[" * 5000 + "]" * 5000, "JSON nested too deep to be annotations (thousands of levels)"),
+        ('[{"type": "Feature", "properties": [], "geometry": null}]', "feature 0 has 'properties' of type list"),
+        (
+            '[{"type": "Feature", "properties": {"classification": {"name": "Tumor"}}, "geometry": {"type": '
+            '"Polygon", "coordinates": [[[0, 0], [1e15, 0], [1e15, 1e15], [0, 1e15], [0, 0]]]}}]',
+            "annotation '' (group 'Tumor') spans x 0 to 1e+15, y 0 to 1e+15, far outside the 4096 x 3072 px slide",
+        ),
+    ],
+)
+def test_bad_annotation_files_fail_their_slide_in_one_line_naming_the_file(
+    make_slide: Callable[..., Path], tmp_path: Path, content: str, message: str
+) -> None:
+    """A GeoJSON nested thousands deep, with non-object properties, or with vertices at 1e15 px: the slide's
+    one-line failure names the annotation file (not "failed unexpectedly"); no tile is labelled tumour."""
+    slide = make_slide(name="slide.tif")
+    annotations = tmp_path / "annotations"
+    annotations.mkdir()
+    (annotations / "slide.geojson").write_text(content)
+    out = tmp_path / "out"
+    assert main(["tile", str(slide), "--output", str(out), "--annotations", str(annotations)]) == 1
+    (error,) = pd.read_csv(out / "failures.csv").error
+    assert error.startswith(f"{annotations / 'slide.geojson'}: {message}")
+    assert "\n" not in error and "unexpectedly" not in error
+    assert pd.read_csv(out / "summary.csv").empty
