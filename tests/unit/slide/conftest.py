@@ -120,7 +120,8 @@ def write_claimed_size_tiff(
     with tifffile.TiffWriter(path, bigtiff=True) as tif:
         for index, ds in enumerate((1, *downsamples)):
             side = tile_px if ds == 1 else 256
-            small = image if ds == 1 else cv2.resize(image, (max(1, width // ds), max(1, height // ds)), cv2.INTER_AREA)
+            size = (max(1, width // ds), max(1, height // ds))
+            small = image if ds == 1 else cv2.resize(image, size, interpolation=cv2.INTER_AREA)
             level = np.full((-(-small.shape[0] // side) * side, -(-small.shape[1] // side) * side, 3), 242, np.uint8)
             level[: small.shape[0], : small.shape[1]] = small  # whole tiles, glass around the tissue
             tif.write(
@@ -135,7 +136,8 @@ def write_claimed_size_tiff(
     entries: list[tuple[int, int, int, int]] = []  # (entry offset, type, count, value) of each patched tag
     arrays: list[tuple[int, int, np.ndarray]] = []  # (entry offset of the tag, count, data) appended at the end
     with tifffile.TiffFile(path) as tif:
-        for page, ds in zip(tif.pages, (1, *downsamples), strict=True):
+        pages = [page for page in tif.pages if isinstance(page, tifffile.TiffPage)]
+        for page, ds in zip(pages, (1, *downsamples), strict=True):
             level_w, level_h = -(-claimed[0] // ds), -(-claimed[1] // ds)
             entries.append((page.tags["ImageWidth"].offset, 4, 1, level_w))
             entries.append((page.tags["ImageLength"].offset, 4, 1, level_h))
