@@ -3,8 +3,8 @@
 A slide of about 100k x 200k px at 0.243 µm/px has a tissue mask of about 3k x 6k px at ~8 µm/px. The mask here
 is random and blobby (smoothed noise, thresholded to about 30 % tissue), held in memory; no slide is read. The
 time covers the whole :func:`anomalib_wsi.slide.tiling.tiles_from_mask`: grid, integral image, coverage of every
-grid tile, DataFrame. Also timed: the same with half-tile overlap, and the tissue detection on the mask-sized
-thumbnail (:func:`tissue_mask_from_rgb`).
+grid tile in a row and a column that meet tissue, DataFrame. Also timed: the same with half-tile overlap, and the
+tissue detection on the mask-sized thumbnail (:func:`tissue_mask_from_rgb`).
 
 Usage:
     python benchmarks/bench_tiling.py [--width 97792 --height 221184 --mpp 0.243 --rounds 5]

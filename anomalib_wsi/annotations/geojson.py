@@ -168,13 +168,29 @@ def read_geojson(
     except json.JSONDecodeError as error:
         msg = f"{path}: not valid JSON ({error.msg} at line {error.lineno}); export the annotations again"
         raise AnnotationError(msg) from None
+    except RecursionError:
+        msg = f"{path}: JSON nested too deep to be annotations (thousands of levels); export the annotations again"
+        raise AnnotationError(msg) from None
+    except ValueError as error:  # e.g. an integer of more than 4300 digits
+        msg = f"{path}: not valid JSON ({_first_line(error).split(';')[0]}); export the annotations again"
+        raise AnnotationError(msg) from None
     items = _items(data, path)
     polygons: list[AnnotationPolygon] = []
     points: list[AnnotationPoint] = []
     warnings: list[str] = []
-    for index, item in enumerate(items):
-        _read_item(item, index, path.name, group_map, polygons, points, warnings)
+    try:
+        for index, item in enumerate(items):
+            _read_item(item, index, path, group_map, polygons, points, warnings)
+    except RecursionError:
+        msg = f"{path}: geometry collections nested too deep to be annotations; export the annotations again"
+        raise AnnotationError(msg) from None
     return finish(path, polygons, points, warnings, slide_size)
+
+
+def _first_line(error: BaseException) -> str:
+    """The first line of an error's text (its type when it has none)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def _items(data: Any, path: Path) -> list[Any]:
@@ -192,11 +208,17 @@ def _items(data: Any, path: Path) -> list[Any]:
         if kind == "Feature":
             return [data]
         if kind is None and ("positive" in data or "negative" in data):
-            return [
-                {"ncrf": True, "group": group, **entry}
-                for key, group in (("positive", "_0"), ("negative", "_2"))
-                for entry in (data.get(key) or [])
-            ]
+            items: list[Any] = []
+            for key, group in (("positive", "_0"), ("negative", "_2")):
+                entries = data.get(key) or []
+                if not isinstance(entries, list) or not all(isinstance(entry, dict) for entry in entries):
+                    msg = (
+                        f"{path}: {key!r} must be a list of {{'name', 'vertices'}} objects (NCRF / Camelyon16 JSON); "
+                        "fix the file or export the annotations again"
+                    )
+                    raise AnnotationError(msg)
+                items.extend({"ncrf": True, "group": group, **entry} for entry in entries)
+            return items
     found = f"type {data.get('type')!r}" if isinstance(data, dict) else type(data).__name__
     msg = (
         f"{path}: not a GeoJSON FeatureCollection or list of features (found {found}); export from QuPath with "
@@ -208,13 +230,19 @@ def _items(data: Any, path: Path) -> list[Any]:
 def _read_item(
     item: Any,
     index: int,
-    source_name: str,
+    path: Path,
     group_map: Mapping[str, str] | None,
     polygons: list[AnnotationPolygon],
     points: list[AnnotationPoint],
     warnings: list[str],
 ) -> None:
-    """Append the polygons / points of one feature (or bare geometry) to the lists."""
+    """Append the polygons / points of one feature (or bare geometry) to the lists.
+
+    Raises:
+        AnnotationError: a feature whose ``properties`` is neither an object nor null (its classification, which
+            decides tumour or not, cannot be read).
+    """
+    source_name = path.name
     if not isinstance(item, dict):
         warnings.append(f"{source_name}: item {index} is a {type(item).__name__}, not a feature; skipped")
         return
@@ -230,7 +258,15 @@ def _read_item(
         polygons.extend(build_polygons(vertices, [], name, group, classify_group(group, group_map), label, warnings))
         return
     if item.get("type") == "Feature":
-        properties = item.get("properties") or {}
+        properties = item.get("properties")
+        if properties is None:
+            properties = {}
+        if not isinstance(properties, dict):
+            msg = (
+                f"{path}: feature {index} has 'properties' of type {type(properties).__name__}, not an object, so "
+                "its classification cannot be read; fix the file or export the annotations again"
+            )
+            raise AnnotationError(msg)
         geometry = item.get("geometry")
     else:
         properties, geometry = {}, item

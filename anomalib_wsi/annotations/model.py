@@ -31,6 +31,7 @@ from shapely.geometry.base import BaseGeometry
 from anomalib_wsi.errors import AnnotationError
 
 __all__ = [
+    "FAR_OUTSIDE_SLIDES",
     "NON_TUMOUR_GROUPS",
     "TUMOUR_GROUPS",
     "AnnotationPoint",
@@ -79,6 +80,11 @@ _KIND_ALIASES: dict[str, Kind] = {
     "ignore": "unknown",
 }
 _MAX_LOGGED_WARNINGS = 20
+#: A vertex or point lying more than this many slide widths (heights) beyond the slide's left or right (top or
+#: bottom) edge is refused: annotations that reach a little past the edge are clipped, but one that far off is in
+#: other coordinates (another slide, a lower level, micrometres), and clipping it (a vertex at 1e15 px) would turn
+#: the whole slide into tumour.
+FAR_OUTSIDE_SLIDES = 1.0
 
 
 @dataclass
@@ -425,6 +431,51 @@ def clip_to_slide(
     return kept, inside
 
 
+def check_near_slide(
+    source: Path, polygons: list[AnnotationPolygon], points: list[AnnotationPoint], slide_size: tuple[int, int]
+) -> None:
+    """Refuse a file whose geometry reaches far outside the slide (see :data:`FAR_OUTSIDE_SLIDES`).
+
+    Args:
+        source: the annotation file (named in the error).
+        polygons: polygons read (finite coordinates).
+        points: points read (non-finite ones are left to :func:`clip_to_slide`, which drops them with a warning).
+        slide_size: level-0 ``(width, height)``.
+
+    Raises:
+        AnnotationError: one line naming the file, the annotation, its extent and the slide's size.
+    """
+    width, height = slide_size
+    if width <= 0 or height <= 0:
+        return  # clip_to_slide names that mistake
+    x_lo, x_hi = -FAR_OUTSIDE_SLIDES * width, (1 + FAR_OUTSIDE_SLIDES) * width
+    y_lo, y_hi = -FAR_OUTSIDE_SLIDES * height, (1 + FAR_OUTSIDE_SLIDES) * height
+
+    def far(x0: float, y0: float, x1: float, y1: float) -> bool:
+        return x0 < x_lo or x1 > x_hi or y0 < y_lo or y1 > y_hi
+
+    offender: tuple[str, str, tuple[float, float, float, float]] | None = None
+    for polygon in polygons:
+        if far(*polygon.geometry.bounds):
+            offender = (polygon.name, polygon.group, polygon.geometry.bounds)
+            break
+    else:
+        for point in points:
+            x, y = point.xy
+            if math.isfinite(x) and math.isfinite(y) and far(x, y, x, y):
+                offender = (point.name, point.group, (x, y, x, y))
+                break
+    if offender is None:
+        return
+    name, group, (x0, y0, x1, y1) = offender
+    msg = (
+        f"{source}: annotation {name!r} (group {group!r}) spans x {x0:.6g} to {x1:.6g}, y {y0:.6g} to {y1:.6g}, "
+        f"far outside the {width} x {height} px slide (more than the slide's own width or height beyond its edge); "
+        "its coordinates are not this slide's level-0 pixels (another slide, level or unit?): fix the file"
+    )
+    raise AnnotationError(msg)
+
+
 def _label(source_name: str, name: str, group: str) -> str:
     """How a warning names one annotation."""
     return f"{source_name}: annotation {name!r} (group {group!r})"
@@ -448,8 +499,12 @@ def finish(
 
     Returns:
         The annotations.
+
+    Raises:
+        AnnotationError: geometry far outside the slide (:func:`check_near_slide`).
     """
     if slide_size is not None:
+        check_near_slide(source, polygons, points, slide_size)
         polygons, points = clip_to_slide(polygons, points, slide_size, source.name, warnings)
     unknown = Counter(p.group for p in polygons if p.kind == "unknown")
     for group, count in unknown.items():

@@ -5,7 +5,18 @@ from __future__ import annotations
 import cv2
 import numpy as np
 
-__all__ = ["mask_coverage"]
+__all__ = ["coverage_from_integral", "mask_coverage", "mask_integral"]
+
+
+def mask_integral(mask: np.ndarray) -> np.ndarray:
+    """Integral image of a boolean (or 0/1) mask: ``(H + 1, W + 1)``, entry ``[r, c]`` counts the set pixels above
+    and left of ``(r, c)``.
+
+    int32 when the mask has fewer than 2**31 pixels (half the memory of float64, the same values), else float64.
+    """
+    binary = (np.asarray(mask) > 0).astype(np.uint8)
+    depth = cv2.CV_32S if binary.size < 2**31 else cv2.CV_64F
+    return cv2.integral(binary, sdepth=depth)
 
 
 def mask_coverage(
@@ -28,13 +39,25 @@ def mask_coverage(
         float32 array, one fraction in [0, 1] per tile. Parts of a tile outside the mask count as uncovered.
         Tile edges fall between mask pixels; each edge pixel counts by the fraction of it the tile covers.
     """
+    if np.asarray(xs_lv0).size == 0:
+        return np.zeros(0, dtype=np.float32)
+    return coverage_from_integral(mask_integral(mask), mask_downsample, xs_lv0, ys_lv0, tile_size_lv0)
+
+
+def coverage_from_integral(
+    integral: np.ndarray,
+    mask_downsample: float,
+    xs_lv0: np.ndarray,
+    ys_lv0: np.ndarray,
+    tile_size_lv0: float,
+) -> np.ndarray:
+    """:func:`mask_coverage` from the mask's :func:`mask_integral`, computed once for many calls."""
     xs = np.asarray(xs_lv0, dtype=np.float64) / mask_downsample
     ys = np.asarray(ys_lv0, dtype=np.float64) / mask_downsample
     side = float(tile_size_lv0) / mask_downsample
     if xs.size == 0:
         return np.zeros(0, dtype=np.float32)
-    integral = cv2.integral((np.asarray(mask) > 0).astype(np.uint8), sdepth=cv2.CV_64F)
-    height, width = mask.shape[:2]
+    height, width = integral.shape[0] - 1, integral.shape[1] - 1
 
     def area(x0: np.ndarray, y0: np.ndarray, x1: np.ndarray, y1: np.ndarray) -> np.ndarray:
         """Covered mask area in [x0, x1) x [y0, y1) with fractional bounds, by bilinear reading of the integral."""

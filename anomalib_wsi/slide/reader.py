@@ -12,6 +12,7 @@ Example:
 from __future__ import annotations
 
 import ctypes
+import errno
 import math
 import os
 import sys
@@ -22,17 +23,79 @@ from typing import Any
 import cv2
 import numpy as np
 
-from anomalib_wsi.errors import SlideOpenError, SlideReadError, SlideResolutionError, SlideTooSmallError
+from anomalib_wsi.errors import SlideOpenError, SlideReadError, SlideResolutionError, SlideTooSmallError, WSIError
 from anomalib_wsi.slide.tiff_tiles import TiffTiles
 
-__all__ = ["MAX_PLAUSIBLE_MPP", "SLIDE_EXTENSIONS", "ReadPlan", "Slide", "list_slides"]
+__all__ = [
+    "MAX_PLAUSIBLE_MPP",
+    "MAX_SLIDE_PIXELS",
+    "MAX_SLIDE_PIXELS_ENV",
+    "SLIDE_EXTENSIONS",
+    "ReadPlan",
+    "Slide",
+    "SlideSearch",
+    "SlideTooLargeError",
+    "find_slides",
+    "list_slides",
+    "max_slide_pixels",
+]
 
 #: Largest level-0 resolution (µm per pixel) taken from metadata; coarser values are file-format defaults
 #: (a TIFF written at 72 dpi claims 352.8 µm/px), not scans, and count as unknown.
 MAX_PLAUSIBLE_MPP = 20.0
 
+#: Largest level-0 area (pixels) a slide may claim. A whole 75 x 25 mm glass slide scanned at 0.12 µm/px, finer
+#: than any scanner in routine use, is 625,000 x 208,000 = 1.3e11 px; Camelyon16's largest are about 2.2e10. A
+#: file claiming more is damaged or crafted (a 500 KB TIFF can claim 10^6 x 10^6 px) and is refused at once.
+MAX_SLIDE_PIXELS = 200_000_000_000
+#: Environment variable that replaces :data:`MAX_SLIDE_PIXELS` (a number of pixels, e.g. ``1e12``).
+MAX_SLIDE_PIXELS_ENV = "ANOMALIB_WSI_MAX_SLIDE_PIXELS"
+
 #: File extensions taken as slides when a folder is given.
 SLIDE_EXTENSIONS = (".svs", ".tif", ".tiff", ".ndpi", ".mrxs", ".scn", ".vms", ".vmu", ".bif", ".svslide", ".dcm")
+
+
+class SlideTooLargeError(SlideOpenError):
+    """The slide claims a level-0 size beyond any scanner's (see :data:`MAX_SLIDE_PIXELS`)."""
+
+
+def max_slide_pixels() -> int:
+    """The largest level-0 area a slide may claim: :data:`MAX_SLIDE_PIXELS`, or ``ANOMALIB_WSI_MAX_SLIDE_PIXELS``.
+
+    Raises:
+        WSIError: the environment variable is set but is not a positive number.
+    """
+    text = os.environ.get(MAX_SLIDE_PIXELS_ENV, "").strip()
+    if not text:
+        return MAX_SLIDE_PIXELS
+    try:
+        value = float(text)
+    except ValueError:
+        value = math.nan
+    if not (math.isfinite(value) and value >= 1):
+        msg = f"{MAX_SLIDE_PIXELS_ENV}={text!r}: not a positive number of pixels; set e.g. 1e12 or unset it"
+        raise WSIError(msg)
+    return int(value)
+
+
+def _missing_reason(path: Path) -> str:
+    """Why ``path`` cannot be opened as a file, in a few words with the fix (it does not exist as a file)."""
+    try:
+        path.stat()
+    except OSError as err:
+        if err.errno == errno.ELOOP:
+            return "a symbolic link loop (the link leads back to itself); fix or remove the link"
+        if path.is_symlink():
+            with_target = f" to {os.readlink(path)}" if hasattr(os, "readlink") else ""
+            return f"a broken symbolic link{with_target}; fix the link or give the slide file itself"
+        if err.errno in (errno.EACCES, errno.EPERM):
+            return "permission denied; make the file (and its folders) readable"
+        if err.errno in (errno.ENOENT, errno.ENOTDIR):
+            return "no such file; check the path"
+        return f"cannot be read ({err.strerror}); check the path"
+    if path.is_dir():
+        return "a folder, not a slide file; give the slide file (for MIRAX, the .mrxs file beside its folder)"
+    return "not a regular file; give the slide file"
 
 
 @dataclass(frozen=True)
@@ -61,18 +124,62 @@ class ReadPlan:
         return self.read_size_px != self.tile_size_px
 
 
-def list_slides(inputs: list[str | Path] | str | Path) -> list[Path]:
-    """Expand files and folders into a sorted list of slide paths (folders: files with a slide extension)."""
+@dataclass(frozen=True)
+class SlideSearch:
+    """What :func:`find_slides` found.
+
+    Attributes:
+        slides: slide paths in input order (each folder's slide files sorted by name); files given explicitly
+            are kept as given, even when missing (opening them names the problem).
+        problems: ``(path, message)`` for each input that yields no slide: a folder holding no slide file (also a
+            folder named like a slide), and entries of a folder that carry a slide extension but are no file (a
+            broken symbolic link, a link loop, a folder); each message is one line naming the path and the fix.
+    """
+
+    slides: list[Path]
+    problems: list[tuple[Path, str]]
+
+
+def find_slides(inputs: list[str | Path] | str | Path) -> SlideSearch:
+    """Expand files and folders into slide paths, and say which inputs gave none (never a silent skip).
+
+    Args:
+        inputs: slide files and folders of slides (a folder's files with a slide extension, not recursive).
+
+    Returns:
+        The slides and the problems (see :class:`SlideSearch`).
+    """
     if isinstance(inputs, str | Path):
         inputs = [inputs]
-    paths: list[Path] = []
+    slides: list[Path] = []
+    problems: list[tuple[Path, str]] = []
     for item in inputs:
         path = Path(item)
-        if path.is_dir():
-            paths.extend(sorted(p for p in path.iterdir() if p.is_file() and p.suffix.lower() in SLIDE_EXTENSIONS))
-        else:
-            paths.append(path)
-    return paths
+        if not path.is_dir():
+            slides.append(path)
+            continue
+        entries = sorted(p for p in path.iterdir() if p.suffix.lower() in SLIDE_EXTENSIONS)
+        for entry in entries:
+            if entry.is_file():
+                slides.append(entry)
+            else:
+                problems.append((entry, f"{entry}: {_missing_reason(entry)}"))
+        if not entries:
+            named = " (it is named like one)" if path.suffix.lower() in SLIDE_EXTENSIONS else ""
+            msg = (
+                f"{path}: a folder, not a slide file{named}, and it holds no slide file "
+                f"({', '.join(SLIDE_EXTENSIONS[:5])}, ...); give slide files or folders of slides"
+            )
+            problems.append((path, msg))
+    return SlideSearch(slides, problems)
+
+
+def list_slides(inputs: list[str | Path] | str | Path) -> list[Path]:
+    """Expand files and folders into a sorted list of slide paths (folders: files with a slide extension).
+
+    Inputs that give no slide are left out; :func:`find_slides` says which and why.
+    """
+    return find_slides(inputs).slides
 
 
 def _rgba_to_rgb(rgba: np.ndarray) -> np.ndarray:
@@ -134,13 +241,22 @@ class Slide:
         mpp_tolerance: relative tolerance when matching a pyramid level to a target mpp (0.1 = 10 %).
         direct_tiff: decode the tiles of TIFF-based slides (generic TIFF, Aperio) directly where the result equals
             openslide's (see :mod:`anomalib_wsi.slide.tiff_tiles`); False reads every pixel through openslide.
+        max_pixels: largest level-0 area (width x height) the slide may claim; None means
+            :func:`max_slide_pixels` (:data:`MAX_SLIDE_PIXELS`, 2e11, or ``ANOMALIB_WSI_MAX_SLIDE_PIXELS``).
 
     Raises:
-        SlideOpenError: openslide cannot open the file.
+        SlideOpenError: openslide cannot open the file (missing, a folder, a broken link or a link loop, not a
+            slide).
+        SlideTooLargeError: the slide claims more than ``max_pixels``.
     """
 
     def __init__(
-        self, path: str | Path, mpp: float | None = None, mpp_tolerance: float = 0.1, direct_tiff: bool = True
+        self,
+        path: str | Path,
+        mpp: float | None = None,
+        mpp_tolerance: float = 0.1,
+        direct_tiff: bool = True,
+        max_pixels: int | None = None,
     ) -> None:
         self.path = Path(path)
         self.direct_tiff = direct_tiff
@@ -154,8 +270,18 @@ class Slide:
         if mpp is not None and not mpp > 0:
             msg = f"{self.path}: slide mpp must be a positive number of µm per pixel, got {mpp}"
             raise SlideResolutionError(msg)
+        limit = max_slide_pixels() if max_pixels is None else int(max_pixels)
         handle = self.handle  # opens now, so a bad file fails at construction
         self.dimensions: tuple[int, int] = tuple(handle.dimensions)  # type: ignore[assignment]
+        width, height = self.dimensions
+        if width * height > limit:
+            self.close()
+            msg = (
+                f"{self.path}: the file claims a slide of {width:,} x {height:,} px ({width * height:.2g} px), more "
+                f"than any scanner writes (limit {limit:.2g} px; a whole 75 x 25 mm slide at 0.12 µm/px is 1.3e11): "
+                f"damaged or crafted? If the size is real, set {MAX_SLIDE_PIXELS_ENV}={width * height:.2g}"
+            )
+            raise SlideTooLargeError(msg)
         self.level_count: int = handle.level_count
         self.level_dimensions: list[tuple[int, int]] = [tuple(d) for d in handle.level_dimensions]  # type: ignore[misc]
         self.level_downsamples: list[float] = [float(d) for d in handle.level_downsamples]
@@ -169,8 +295,8 @@ class Slide:
         if self._handle is None or self._pid != os.getpid():
             import openslide
 
-            if not self.path.exists():
-                msg = f"{self.path}: no such file; check the path"
+            if not self.path.is_file():
+                msg = f"{self.path}: {_missing_reason(self.path)}"
                 raise SlideOpenError(msg)
             try:
                 self._handle = openslide.OpenSlide(str(self.path))

@@ -30,8 +30,9 @@ import pandas as pd
 
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.io import atomic_path
-from anomalib_wsi.slide.coverage import mask_coverage
-from anomalib_wsi.slide.reader import ReadPlan, Slide, list_slides
+from anomalib_wsi.slide.coverage import coverage_from_integral, mask_integral
+from anomalib_wsi.slide.ids import printable, slide_id_from_path, slide_output_dir
+from anomalib_wsi.slide.reader import SLIDE_EXTENSIONS, ReadPlan, Slide, find_slides
 from anomalib_wsi.slide.tissue import TissueConfig, TissueMask, detect_tissue, save_tissue_png
 
 __all__ = [
@@ -53,6 +54,11 @@ TILE_COLUMNS = ("slide_id", "x", "y", "level", "read_size_px", "tile_size_px", "
 _CACHE_VERSION = 1
 _TILES_CSV = "tiles.csv"
 _TILES_JSON = "tiles.json"
+#: Grid positions scored at once by :func:`tiles_from_mask` (about 60 MB of temporaries).
+_BLOCK_TILES = 1 << 19
+#: At or below this ``min_tissue`` every grid position is scored (a tile without tissue can still reach a
+#: fraction of ~1e-8 by float rounding of the integral image).
+_EXACT_BELOW = 1e-6
 
 
 @dataclass(frozen=True)
@@ -134,6 +140,12 @@ def tiles_from_mask(
 ) -> pd.DataFrame:
     """Tile table of a slide from its tissue mask: every grid tile inside the slide with enough tissue.
 
+    Only grid rows and columns whose footprint meets a mask row / column holding tissue are candidates, and
+    they are scored in blocks of at most :data:`_BLOCK_TILES`: memory follows the tiles kept and the mask, not
+    the slide's claimed area (a small file claiming 10^6 x 10^6 px has 15 million grid positions). The table
+    is the same as scoring every grid position: a tile outside the candidates has no tissue at all, so no
+    ``min_tissue`` above :data:`_EXACT_BELOW` keeps it; at or below it every grid position is scored.
+
     Args:
         mask: (H, W) bool tissue mask at ``mask_downsample``.
         mask_downsample: level-0 pixels per mask pixel.
@@ -152,23 +164,59 @@ def tiles_from_mask(
     width, height = dimensions
     xs = grid_positions(int(width), extent_lv0, stride_lv0)
     ys = grid_positions(int(height), extent_lv0, stride_lv0)
-    grid_y, grid_x = np.meshgrid(ys, xs, indexing="ij")
-    grid_x, grid_y = grid_x.ravel(), grid_y.ravel()
-    fractions = mask_coverage(mask, mask_downsample, grid_x, grid_y, plan.tile_size_lv0)
-    keep = fractions >= min_tissue
-    count = int(keep.sum())
+    mask = np.asarray(mask)
+    if min_tissue > _EXACT_BELOW and xs.size and ys.size:
+        xs = xs[_meets_tissue(np.any(mask, axis=0), xs, plan.tile_size_lv0, mask_downsample)]
+        ys = ys[_meets_tissue(np.any(mask, axis=1), ys, plan.tile_size_lv0, mask_downsample)]
+    kept_x: list[np.ndarray] = []
+    kept_y: list[np.ndarray] = []
+    kept_fraction: list[np.ndarray] = []
+    if xs.size and ys.size:
+        integral = mask_integral(mask)
+        rows_per_block = max(1, _BLOCK_TILES // xs.size)
+        for start in range(0, ys.size, rows_per_block):
+            block_y, block_x = np.meshgrid(ys[start : start + rows_per_block], xs, indexing="ij")
+            block_x, block_y = block_x.ravel(), block_y.ravel()
+            fractions = coverage_from_integral(integral, mask_downsample, block_x, block_y, plan.tile_size_lv0)
+            keep = fractions >= min_tissue
+            kept_x.append(block_x[keep])
+            kept_y.append(block_y[keep])
+            kept_fraction.append(fractions[keep])
+    grid_x = np.concatenate(kept_x) if kept_x else np.zeros(0, dtype=np.int64)
+    grid_y = np.concatenate(kept_y) if kept_y else np.zeros(0, dtype=np.int64)
+    fraction = np.concatenate(kept_fraction) if kept_fraction else np.zeros(0, dtype=np.float32)
+    count = len(grid_x)
     return pd.DataFrame(
         {
             "slide_id": pd.Series([slide_id] * count, dtype=str),
-            "x": grid_x[keep].astype(np.int64),
-            "y": grid_y[keep].astype(np.int64),
+            "x": grid_x.astype(np.int64),
+            "y": grid_y.astype(np.int64),
             "level": np.full(count, plan.level, dtype=np.int64),
             "read_size_px": np.full(count, plan.read_size_px, dtype=np.int64),
             "tile_size_px": np.full(count, plan.tile_size_px, dtype=np.int64),
-            "tissue_fraction": fractions[keep].astype(np.float32),
+            "tissue_fraction": fraction.astype(np.float32),
             "tile_size_lv0": np.full(count, plan.tile_size_lv0, dtype=np.float64),
         }
     )
+
+
+def _meets_tissue(has_tissue: np.ndarray, starts_lv0: np.ndarray, side_lv0: float, downsample: float) -> np.ndarray:
+    """Which tiles along one axis overlap a mask row / column that holds tissue.
+
+    Args:
+        has_tissue: (N,) bool, whether each mask column (or row) holds any tissue.
+        starts_lv0: level-0 starts of the tiles along that axis.
+        side_lv0: tile side in level-0 pixels.
+        downsample: level-0 pixels per mask pixel.
+
+    Returns:
+        bool per tile. Generous by a mask pixel on each side, so float rounding never drops a tile with tissue.
+    """
+    counts = np.concatenate([[0], np.cumsum(has_tissue, dtype=np.int64)])
+    size = has_tissue.size
+    first = np.clip(np.floor(starts_lv0 / downsample).astype(np.int64) - 1, 0, size)
+    last = np.clip(np.ceil((starts_lv0 + side_lv0) / downsample).astype(np.int64) + 1, 0, size)
+    return counts[last] > counts[first]
 
 
 def tile_slide(slide: Slide, config: TilingConfig, tissue: TissueMask | None = None) -> pd.DataFrame:
@@ -272,6 +320,7 @@ def load_or_tile(
     config: TilingConfig,
     cache_dir: str | Path,
     slide_mpp: float | None = None,
+    max_slide_pixels: int | None = None,
 ) -> tuple[pd.DataFrame, TissueMask | None]:
     """The tile table of a slide, from ``cache_dir`` when it was made with the same parameters, else computed.
 
@@ -284,6 +333,8 @@ def load_or_tile(
         config: tiling settings.
         cache_dir: folder of the cache (created when missing).
         slide_mpp: level-0 mpp for slides that record none (overrides the metadata).
+        max_slide_pixels: largest level-0 area the slide may claim (default
+            :func:`~anomalib_wsi.slide.reader.max_slide_pixels`).
 
     Returns:
         The tile table (columns :data:`TILE_COLUMNS` only: labels are added by the caller, never cached), and
@@ -294,7 +345,9 @@ def load_or_tile(
     """
     slide_path = Path(slide_path)
     cache_dir = Path(cache_dir)
-    with Slide(slide_path, mpp=slide_mpp, mpp_tolerance=config.mpp_tolerance) as slide:  # fails on a bad file
+    with Slide(
+        slide_path, mpp=slide_mpp, mpp_tolerance=config.mpp_tolerance, max_pixels=max_slide_pixels
+    ) as slide:  # fails on a bad file
         key = _cache_key(slide_path, config, slide_mpp)
         cached = _read_cache(cache_dir, key)
         if cached is not None:
@@ -358,9 +411,12 @@ def _csv_header(path: Path) -> list[str]:
         return handle.readline().strip().split(",")
 
 
+_ANNOTATION_SUFFIXES = (".xml", ".geojson", ".json")
+
+
 def _find_annotation(folder: Path, slide_id: str) -> Path | None:
     """``folder/<slide_id>.xml``, ``.geojson`` or ``.json``, the first that exists."""
-    for suffix in (".xml", ".geojson", ".json"):
+    for suffix in _ANNOTATION_SUFFIXES:
         candidate = folder / f"{slide_id}{suffix}"
         if candidate.is_file():
             return candidate
@@ -374,14 +430,15 @@ def _tile_one(
     slide_mpp: float | None,
     annotation_dir: Path | None,
     tumour_threshold: float,
+    max_slide_pixels: int | None = None,
 ) -> dict[str, Any]:
     """Tile one slide into ``out_dir`` (tiles.csv, tiles.json, tissue.png); returns its summary row."""
     start = time.perf_counter()
-    table, tissue = load_or_tile(slide_path, config, out_dir, slide_mpp=slide_mpp)
+    table, tissue = load_or_tile(slide_path, config, out_dir, slide_mpp=slide_mpp, max_slide_pixels=max_slide_pixels)
     record = read_tiling_record(out_dir)
     row: dict[str, Any] = {
         "slide_id": record["slide_id"],
-        "slide_path": str(slide_path),
+        "slide_path": printable(slide_path),
         "tiles": len(table),
         "slide_mpp": record["level0_mpp"],
         "mpp": config.mpp,
@@ -400,7 +457,7 @@ def _tile_one(
         from anomalib_wsi.annotations.labels import label_tiles
 
         annotation_path = _find_annotation(annotation_dir, record["slide_id"])
-        with Slide(slide_path, mpp=slide_mpp) as slide:
+        with Slide(slide_path, mpp=slide_mpp, max_pixels=max_slide_pixels) as slide:
             if annotation_path is None:
                 logger.info("%s: no annotation file in %s; tiles labelled normal (0)", slide.slide_id, annotation_dir)
             else:
@@ -424,7 +481,7 @@ def _tile_one(
         _write_atomic(csv_path, lambda p: table.to_csv(p, index=False))
     png_path = out_dir / "tissue.png"
     if tissue is None and (annotations is not None or not png_path.is_file()):
-        with Slide(slide_path, mpp=slide_mpp) as slide:
+        with Slide(slide_path, mpp=slide_mpp, max_pixels=max_slide_pixels) as slide:
             tissue = detect_tissue(slide, config.tissue)
     if tissue is not None:
         save_tissue_png(png_path, tissue, annotations=annotations, tiles=table)
@@ -442,11 +499,16 @@ def tile_command(
     slide_mpp: float | None = None,
     annotations: str | None = None,
     tumour_threshold: float = 0.5,
+    max_slide_pixels: int | None = None,
 ) -> int:
     """``anomalib-wsi tile``: detect tissue and tile slides into ``output/<slide_id>/tiles.csv`` and ``tissue.png``.
 
     One bad slide does not stop the run: its error goes to ``output/failures.csv`` (``slide_path,slide_id,error``)
-    and to the log, and the other slides go on. ``output/summary.csv`` has one row per slide tiled.
+    and to the log, one line each, and the other slides go on. So do a slide whose id cannot name a folder
+    (``...tif``, see :mod:`anomalib_wsi.slide.ids`), a file where its output folder would go, a folder given or
+    found that holds no slide, and a folder entry named like a slide that is no file (broken link, link loop).
+    Nothing is written outside ``output``. ``output/summary.csv`` has one row per slide tiled. With
+    ``annotations``, annotation files that match no slide of the run are named in one warning.
 
     Args:
         slides: slide files or folders of slides.
@@ -459,6 +521,8 @@ def tile_command(
         annotations: folder of ASAP ``.xml`` / QuPath ``.geojson`` files named like the slides; when given the
             tables gain ``tumour_fraction`` and ``label`` (1 tumour, 0 normal, -1 ignored).
         tumour_threshold: tumour fraction from which a tile is tumour.
+        max_slide_pixels: largest level-0 area a slide may claim; larger ones fail (default
+            :func:`~anomalib_wsi.slide.reader.max_slide_pixels`: 2e11 px or ``ANOMALIB_WSI_MAX_SLIDE_PIXELS``).
 
     Returns:
         0 when every slide was tiled, 1 when any failed.
@@ -470,15 +534,23 @@ def tile_command(
     from tqdm.contrib.logging import logging_redirect_tqdm
 
     _check_options(mpp, tile_size, stride, min_tissue, slide_mpp, tumour_threshold)
+    if max_slide_pixels is not None and not max_slide_pixels >= 1:
+        msg = f"--max-slide-pixels must be a positive number of pixels, got {max_slide_pixels}"
+        raise WSIError(msg)
     config = TilingConfig(mpp=float(mpp), tile_size_px=int(tile_size), stride_px=stride, min_tissue=float(min_tissue))
     annotation_dir = Path(annotations) if annotations else None
     if annotation_dir is not None and not annotation_dir.is_dir():
         msg = f"--annotations {annotation_dir}: not a folder; give the folder holding <slide_id>.xml / .geojson files"
         raise WSIError(msg)
-    paths = list_slides(list(slides))
+    search = find_slides(list(slides))
+    paths = search.slides
     if not paths:
+        given = {Path(item) for item in slides}
+        entries = [message for path, message in search.problems if path not in given]
+        if entries:  # an entry named like a slide that is no file (broken link, loop): say what it is
+            raise WSIError(printable(f"no slide found: {entries[0]}"))
         msg = f"no slide found in {', '.join(map(str, slides))}; give slide files or folders of .svs/.tif/.ndpi/..."
-        raise WSIError(msg)
+        raise WSIError(printable(msg))
     out_root = Path(output)
     try:
         out_root.mkdir(parents=True, exist_ok=True)
@@ -488,26 +560,37 @@ def tile_command(
 
     rows: list[dict[str, Any]] = []
     failures: list[dict[str, str]] = []
+    for path, message in search.problems:
+        shown_id = printable(path.stem) if path.suffix.lower() in SLIDE_EXTENSIONS else ""
+        failures.append({"slide_path": printable(path), "slide_id": shown_id, "error": printable(message)})
+        logger.error("%s", printable(message))
     seen: dict[str, Path] = {}
     with logging_redirect_tqdm():
         for slide_path in tqdm(paths, desc="tiling", unit="slide", disable=None):
-            slide_id = slide_path.stem
+            shown_id = printable(slide_path.stem)
             try:
+                slide_id = slide_id_from_path(slide_path)
                 if slide_id in seen:
                     msg = f"{slide_path}: same slide id as {seen[slide_id]}; rename one (outputs go to DIR/<slide_id>)"
                     raise WSIError(msg)
                 seen[slide_id] = slide_path
+                out_dir = slide_output_dir(out_root, slide_id, source=slide_path)
                 rows.append(
-                    _tile_one(slide_path, config, out_root / slide_id, slide_mpp, annotation_dir, tumour_threshold)
+                    _tile_one(
+                        slide_path, config, out_dir, slide_mpp, annotation_dir, tumour_threshold, max_slide_pixels
+                    )
                 )
             except WSIError as err:
-                failures.append({"slide_path": str(slide_path), "slide_id": slide_id, "error": str(err)})
-                logger.error("%s failed: %s", slide_id, err)
+                error = printable(str(err))
+                failures.append({"slide_path": printable(slide_path), "slide_id": shown_id, "error": error})
+                logger.error("%s failed: %s", shown_id, error)
             except Exception as err:  # one bad slide must not stop the run
-                error = f"{type(err).__name__}: {err}".replace("\n", " ")
-                failures.append({"slide_path": str(slide_path), "slide_id": slide_id, "error": error})
-                logger.error("%s failed unexpectedly: %s (run with -v for the traceback)", slide_id, error)
-                logger.debug("traceback of %s", slide_id, exc_info=True)
+                error = printable(f"{type(err).__name__}: {err}".replace("\n", " "))
+                failures.append({"slide_path": printable(slide_path), "slide_id": shown_id, "error": error})
+                logger.error("%s failed unexpectedly: %s (run with -v for the traceback)", shown_id, error)
+                logger.debug("traceback of %s", shown_id, exc_info=True)
+    if annotation_dir is not None:
+        _warn_unmatched_annotations(annotation_dir, {path.stem for path in paths})
 
     summary = pd.DataFrame(rows, columns=None if rows else ["slide_id", "slide_path", "tiles"])
     _write_atomic(out_root / "summary.csv", lambda p: summary.to_csv(p, index=False))
@@ -519,3 +602,30 @@ def tile_command(
         logger.error("%d slide(s) failed; see %s", len(failures), out_root / "failures.csv")
         return 1
     return 0
+
+
+def _warn_unmatched_annotations(annotation_dir: Path, slide_ids: set[str]) -> None:
+    """One warning naming the annotation files of ``annotation_dir`` that match none of ``slide_ids``."""
+    unmatched = sorted(
+        p.name
+        for p in annotation_dir.iterdir()
+        if p.suffix.lower() in _ANNOTATION_SUFFIXES and p.is_file() and p.stem not in slide_ids
+    )
+    if not unmatched:
+        return
+    by_lower = {slide_id.lower(): slide_id for slide_id in slide_ids}
+    named = [
+        f"{name} (slide {printable(by_lower[Path(name).stem.lower()])!r} differs in case)"
+        if Path(name).stem.lower() in by_lower
+        else name
+        for name in unmatched
+    ]
+    more = f" and {len(named) - 5} more" if len(named) > 5 else ""
+    logger.warning(
+        "%d annotation file(s) in %s match no slide of this run and were not used: %s%s; an annotation labels the "
+        "slide whose id (file name without the extension) is its own file name without the extension",
+        len(named),
+        annotation_dir,
+        printable(", ".join(named[:5])),
+        more,
+    )

@@ -12,6 +12,7 @@ measured 26 tiles/s on two threads against 136 on one).
 
 from __future__ import annotations
 
+import os
 import socket
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -54,6 +55,19 @@ class TrainedModel:
     def is_tumour(self, slide_id: str) -> bool:
         """Whether slide ``slide_id`` carries tumour."""
         return slide_id in self.cohort.tumour_slide_ids
+
+
+#: Wall-clock limit of a test's subprocess, in seconds: only a guard against a process that never ends (a DDP
+#: rank waiting for a rank that died), never a speed check, so it sits far above any run on a slow, shared machine.
+#: ``ANOMALIB_WSI_TEST_HANG_S`` replaces it; ``0`` waits for ever.
+HANG_TIMEOUT_S = 4 * 3600.0
+
+
+@pytest.fixture
+def hang_timeout_s() -> float | None:
+    """The subprocess limit of this run (:data:`HANG_TIMEOUT_S` or ``ANOMALIB_WSI_TEST_HANG_S``; None: no limit)."""
+    value = float(os.environ.get("ANOMALIB_WSI_TEST_HANG_S", HANG_TIMEOUT_S))
+    return value if value > 0 else None
 
 
 @pytest.fixture

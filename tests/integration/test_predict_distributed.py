@@ -42,7 +42,7 @@ def single_run(trained_model, tmp_path_factory: pytest.TempPathFactory) -> tuple
 
 @pytest.mark.slow
 def test_two_ranks_give_the_single_process_outputs(
-    trained_model, single_run: tuple[Path, list[Any]], tmp_path: Path, free_port: int
+    trained_model, single_run: tuple[Path, list[Any]], tmp_path: Path, free_port: int, hang_timeout_s: float | None
 ) -> None:
     root, single = single_run
     slides = root / "slides"
@@ -68,7 +68,7 @@ def test_two_ranks_give_the_single_process_outputs(
         "0",
     ]
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
-    done = subprocess.run(command, capture_output=True, text=True, timeout=900, check=False, env=env)
+    done = subprocess.run(command, capture_output=True, text=True, timeout=hang_timeout_s, check=False, env=env)
     # the ranks wait for each other (torchrun stops the others when one exits non-zero), agree on the status
     assert done.returncode == 1, done.stderr[-3000:]
     assert done.stderr.count("slides predicted") == 2, "both ranks must finish their slides"
@@ -89,7 +89,7 @@ def test_two_ranks_give_the_single_process_outputs(
 
 @pytest.mark.slow
 def test_plain_slurm_tasks_write_complete_tables(
-    trained_model, single_run: tuple[Path, list[Any]], tmp_path: Path
+    trained_model, single_run: tuple[Path, list[Any]], tmp_path: Path, hang_timeout_s: float | None
 ) -> None:
     """Two processes started side by side as SLURM starts tasks (SLURM_PROCID / SLURM_NTASKS, no torchrun, no
     process group): each predicts its half of the slides, and the run tables written last cover every slide, with
@@ -105,7 +105,7 @@ def test_plain_slurm_tasks_write_complete_tables(
     base["OMP_NUM_THREADS"] = "1"
     pipes = {"stdout": subprocess.PIPE, "stderr": subprocess.PIPE, "text": True}
     tasks = [subprocess.Popen(command, env={**base, **task_env}, **pipes) for task_env in slurm]
-    outputs = [task.communicate(timeout=900) for task in tasks]
+    outputs = [task.communicate(timeout=hang_timeout_s) for task in tasks]
     statuses = sorted(task.returncode for task in tasks)
     assert statuses == [0, 1], [err[-2000:] for _, err in outputs]  # only the rank that owns broken.tif fails
     summary = pd.read_csv(tmp_path / "tasks" / "summary.csv").set_index("slide_id")

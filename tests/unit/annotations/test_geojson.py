@@ -187,14 +187,89 @@ def test_bow_tie_feature_is_repaired_and_reported(tmp_path: Path) -> None:
         ('{"type": "FeatureCollection"}', "FeatureCollection without a 'features' list"),
         ('{"type": "FeatureCollection", "features": [', r"not valid JSON \(Expecting value at line 1\)"),
         ("", "empty file"),
+        (
+            '[{"type": "Feature", "properties": [1, 2], "geometry": null}]',
+            r"feature 0 has 'properties' of type list, not an object, so its classification cannot be read",
+        ),
+        (
+            '{"type": "FeatureCollection", "features": [{"type": "Feature", "properties": "Tumor"}]}',
+            r"feature 0 has 'properties' of type str, not an object",
+        ),
+        ("[" * 5000 + "]" * 5000, r"JSON nested too deep to be annotations \(thousands of levels\)"),
+        ('{"features": [' * 3000 + "]}" * 3000, r"JSON nested too deep to be annotations"),
+        (
+            '[{"type": "Point", "coordinates": [' + "1" * 5000 + ", 1]}]",
+            r"not valid JSON \(Exceeds the limit \(4300 digits\) for integer string conversion: value has 5000 "
+            r"digits\); export",
+        ),
+        ('{"positive": 5}', r"'positive' must be a list of \{'name', 'vertices'\} objects \(NCRF / Camelyon16 JSON\)"),
+        ('{"negative": [5]}', r"'negative' must be a list of \{'name', 'vertices'\} objects"),
     ],
 )
 def test_bad_geojson_is_a_one_line_error_naming_the_file(tmp_path: Path, content: str, message: str) -> None:
     path = tmp_path / "bad.geojson"
     path.write_text(content)
-    with pytest.raises(AnnotationError, match=r"bad\.geojson: " + message) as info:
+    with pytest.raises(AnnotationError, match=r"^" + str(tmp_path) + r"/bad\.geojson: " + message) as info:
         read_annotations(path)
     assert "\n" not in str(info.value)
+
+
+def test_null_properties_are_no_properties(tmp_path: Path) -> None:
+    """``"properties": null`` is valid GeoJSON: the feature is read, unclassified."""
+    feature = {"type": "Feature", "properties": None, "geometry": _square(0, 0, 10)}
+    ann = read_annotations(_write(tmp_path / "n.geojson", [feature]))
+    assert [p.group for p in ann.polygons] == ["Unclassified"] and ann.polygons[0].geometry.area == 100
+
+
+def test_geometry_collections_nested_hundreds_deep_are_read(tmp_path: Path) -> None:
+    """400 nested GeometryCollections (the deepest JSON can hold is about 490): the point inside is read."""
+    geometry: dict = {"type": "Point", "coordinates": [5, 6]}
+    for _ in range(400):
+        geometry = {"type": "GeometryCollection", "geometries": [geometry]}
+    ann = read_annotations(_write(tmp_path / "deep.geojson", [_feature(geometry, "Tumor")]))
+    assert [point.xy for point in ann.points] == [(5.0, 6.0)]
+
+
+@pytest.mark.parametrize(
+    ("vertex", "refused"),
+    [
+        ((1e15, 50), True),
+        ((201, 50), True),
+        ((-101, 50), True),
+        ((50, 201), True),
+        ((200, 200), False),
+        ((-99, 50), False),
+    ],
+)
+def test_vertices_far_outside_the_slide_are_refused(tmp_path: Path, vertex: tuple[float, float], refused: bool) -> None:
+    """On a 100 x 100 px slide a vertex more than 100 px beyond an edge (x < -100 or > 200) refuses the file in
+    one line naming it; one within that reach is clipped with a warning (the 1e15 vertex once made the whole
+    slide tumour)."""
+    ring = [[10, 10], [60, 10], list(vertex), [10, 60], [10, 10]]
+    path = _write(tmp_path / "far.geojson", [_feature({"type": "Polygon", "coordinates": [ring]}, "Tumor", name="A")])
+    if not refused:
+        ann = read_annotations(path, slide_size=(100, 100))
+        assert 0 < ann.region.area < 100 * 100 and any("clipped to the slide" in w for w in ann.warnings)
+        return
+    with pytest.raises(AnnotationError) as info:
+        read_annotations(path, slide_size=(100, 100))
+    assert str(info.value).startswith(f"{path}: annotation 'A' (group 'Tumor') spans x ")
+    assert str(info.value).endswith(
+        "far outside the 100 x 100 px slide (more than the slide's own width or height beyond its edge); its "
+        "coordinates are not this slide's level-0 pixels (another slide, level or unit?): fix the file"
+    )
+    assert read_annotations(path).region.area > 0  # without a slide size there is nothing to compare with
+
+
+def test_points_far_outside_the_slide_are_refused(tmp_path: Path) -> None:
+    """A point at x = 1e6 on a 100 px slide refuses the file; a non-finite one is skipped with a warning."""
+    far = {"type": "MultiPoint", "coordinates": [[5, 5], [1e6, 5]]}
+    with pytest.raises(AnnotationError, match=r"spans x 1e\+06 to 1e\+06, y 5 to 5, far outside the 100 x 100"):
+        read_annotations(_write(tmp_path / "p.geojson", [_feature(far, "Tumor")]), slide_size=(100, 100))
+    path = tmp_path / "nan.geojson"
+    path.write_text('[{"type": "Point", "coordinates": [NaN, 5]}]')
+    ann = read_annotations(path, slide_size=(100, 100))
+    assert ann.points == [] and "point (nan, 5.0) outside the 100 x 100 slide, skipped" in ann.warnings[0]
 
 
 def test_empty_feature_collection_is_empty_not_an_error(tmp_path: Path) -> None:

@@ -10,8 +10,15 @@ import numpy as np
 import openslide
 import pytest
 
-from anomalib_wsi.errors import SlideOpenError, SlideReadError, SlideResolutionError, SlideTooSmallError
+from anomalib_wsi.errors import SlideOpenError, SlideReadError, SlideResolutionError, SlideTooSmallError, WSIError
 from anomalib_wsi.slide import Slide, list_slides
+from anomalib_wsi.slide.reader import (
+    MAX_SLIDE_PIXELS,
+    MAX_SLIDE_PIXELS_ENV,
+    SlideTooLargeError,
+    find_slides,
+    max_slide_pixels,
+)
 
 CMU = "slides/real/CMU-1-Small-Region.svs"
 TCGA = "slides/real/TCGA-CR-7395-01A-01-TS1.svs"
@@ -85,6 +92,70 @@ def test_list_slides_expands_folders(make_slide: Callable[..., Path], tmp_path: 
     (tmp_path / "notes.txt").write_text("not a slide")
     assert list_slides(tmp_path) == [b, a]
     assert list_slides([str(a)]) == [a]
+
+
+def test_find_slides_names_what_gives_no_slide(make_slide: Callable[..., Path], tmp_path: Path) -> None:
+    """Folders holding no slide and folder entries named like slides that are no file come back as problems,
+    one line each; list_slides keeps returning only the slides."""
+    a = make_slide(name="a.tif")
+    empty = tmp_path / "empty"
+    empty.mkdir()
+    (tmp_path / "loop.svs").symlink_to("loop.svs")
+    (tmp_path / "sub.ndpi").mkdir()
+    search = find_slides([tmp_path, empty, tmp_path / "missing.svs"])
+    assert search.slides == [a, tmp_path / "missing.svs"]  # a missing file fails when it is opened
+    assert [(path, message.split(": ", 1)[1]) for path, message in search.problems] == [
+        (tmp_path / "loop.svs", "a symbolic link loop (the link leads back to itself); fix or remove the link"),
+        (
+            tmp_path / "sub.ndpi",
+            "a folder, not a slide file; give the slide file (for MIRAX, the .mrxs file beside its folder)",
+        ),
+        (
+            empty,
+            "a folder, not a slide file, and it holds no slide file (.svs, .tif, .tiff, .ndpi, .mrxs, ...); "
+            "give slide files or folders of slides",
+        ),
+    ]
+    assert all(message.startswith(f"{path}: ") for path, message in search.problems)
+    assert list_slides([tmp_path, empty]) == [a]
+
+
+def test_opening_what_is_not_a_slide_file_says_what_it_is(make_slide: Callable[..., Path], tmp_path: Path) -> None:
+    """Missing file, folder, link loop, broken link: each its own one-line SlideOpenError naming the path."""
+    (tmp_path / "loop.tif").symlink_to("loop.tif")
+    (tmp_path / "broken.tif").symlink_to(tmp_path / "gone.tif")
+    (tmp_path / "folder.svs").mkdir()
+    expected = {
+        "missing.tif": "no such file; check the path",
+        "loop.tif": "a symbolic link loop (the link leads back to itself); fix or remove the link",
+        "broken.tif": f"a broken symbolic link to {tmp_path / 'gone.tif'}; fix the link or give the slide file itself",
+        "folder.svs": "a folder, not a slide file; give the slide file (for MIRAX, the .mrxs file beside its folder)",
+    }
+    for name, reason in expected.items():
+        with pytest.raises(SlideOpenError) as info:
+            Slide(tmp_path / name)
+        assert str(info.value) == f"{tmp_path / name}: {reason}"
+
+
+def test_claimed_size_bound(
+    make_claimed_slide: Callable[..., Path], make_slide: Callable[..., Path], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """A file claiming 10^6 x 10^6 px is refused above 2e11 px; max_pixels or ANOMALIB_WSI_MAX_SLIDE_PIXELS raise
+    the bound (and then it opens with its claimed size); a bad value of the variable is a one-line error."""
+    bomb = make_claimed_slide("bomb.tif", (1_000_000, 1_000_000), tile_px=4096, downsamples=())
+    assert MAX_SLIDE_PIXELS == 2 * 10**11 and max_slide_pixels() == MAX_SLIDE_PIXELS
+    with pytest.raises(SlideTooLargeError, match=r"1,000,000 x 1,000,000 px \(1e\+12 px\).*limit 2e\+11 px"):
+        Slide(bomb)
+    assert Slide(bomb, max_pixels=10**12).dimensions == (1_000_000, 1_000_000)
+    with pytest.raises(SlideTooLargeError, match="limit 1e\\+07 px"):
+        Slide(make_slide(), max_pixels=10**7)  # 4096 x 3072 = 1.26e7 px
+    monkeypatch.setenv(MAX_SLIDE_PIXELS_ENV, "1e12")
+    assert max_slide_pixels() == 10**12
+    assert Slide(bomb).dimensions == (1_000_000, 1_000_000)
+    for bad in ("abc", "0", "-5", "inf", "nan"):
+        monkeypatch.setenv(MAX_SLIDE_PIXELS_ENV, bad)
+        with pytest.raises(WSIError, match=f"ANOMALIB_WSI_MAX_SLIDE_PIXELS='{bad}': not a positive number of pixels"):
+            Slide(bomb)
 
 
 # -- real slides ------------------------------------------------------------------------------------------------------

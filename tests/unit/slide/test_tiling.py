@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import os
+import tracemalloc
 from collections.abc import Callable
 from pathlib import Path
 
@@ -12,9 +13,11 @@ import pandas as pd
 import pytest
 
 from anomalib_wsi.errors import SlideReadError, SlideResolutionError, SlideTooSmallError
-from anomalib_wsi.slide import TILE_COLUMNS, Slide, TilingConfig, load_or_tile, tile_slide, tiles_from_mask
+from anomalib_wsi.slide import TILE_COLUMNS, Slide, TilingConfig, load_or_tile, tile_slide, tiles_from_mask, tiling
+from anomalib_wsi.slide.coverage import coverage_from_integral, mask_coverage, mask_integral
 from anomalib_wsi.slide.reader import ReadPlan
 from anomalib_wsi.slide.tiling import grid_positions
+from anomalib_wsi.slide.tissue import TissueConfig, detect_tissue
 
 CMU = "slides/real/CMU-1-Small-Region.svs"
 
@@ -46,6 +49,96 @@ def test_tiles_from_mask_fractions() -> None:
     everything = tiles_from_mask(mask, 16.0, (1024, 1024), plan, min_tissue=0.0)
     assert len(everything) == 16 and everything.tissue_fraction.sum() == 8.0
     assert table.dtypes["x"] == np.int64 and table.dtypes["tissue_fraction"] == np.float32
+
+
+def _every_grid_position(
+    mask: np.ndarray, downsample: float, dims: tuple[int, int], plan: ReadPlan, stride_px: int, min_tissue: float
+) -> pd.DataFrame:
+    """The tile table as it was first built: score every grid position of the slide, keep the tissue ones."""
+    stride_lv0 = stride_px * plan.tile_size_lv0 / plan.tile_size_px
+    extent_lv0 = max(plan.tile_size_lv0, plan.read_size_px * plan.level_downsample)
+    grid_y, grid_x = np.meshgrid(
+        grid_positions(dims[1], extent_lv0, stride_lv0), grid_positions(dims[0], extent_lv0, stride_lv0), indexing="ij"
+    )
+    grid_x, grid_y = grid_x.ravel(), grid_y.ravel()
+    fractions = mask_coverage(mask, downsample, grid_x, grid_y, plan.tile_size_lv0)
+    keep = fractions >= min_tissue
+    n = int(keep.sum())
+    return pd.DataFrame(
+        {
+            "slide_id": pd.Series(["s"] * n, dtype=str),
+            "x": grid_x[keep].astype(np.int64),
+            "y": grid_y[keep].astype(np.int64),
+            "level": np.full(n, plan.level, dtype=np.int64),
+            "read_size_px": np.full(n, plan.read_size_px, dtype=np.int64),
+            "tile_size_px": np.full(n, plan.tile_size_px, dtype=np.int64),
+            "tissue_fraction": fractions[keep].astype(np.float32),
+            "tile_size_lv0": np.full(n, plan.tile_size_lv0, dtype=np.float64),
+        }
+    )
+
+
+def test_tiles_from_mask_equals_scoring_every_grid_position(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Scoring only the grid rows / columns that meet tissue, in blocks, gives the very same table (rows, order,
+    values, dtypes) as scoring every position: 5 masks x 3 strides x 6 thresholds, blocks of 7 tiles."""
+    monkeypatch.setattr(tiling, "_BLOCK_TILES", 7)
+    rng = np.random.default_rng(0)
+    plan = ReadPlan(0.5, 64, 1, 4.0, 16, 60.5)  # tile side 60.5 level-0 px, read 16 px at downsample 4
+    compared = 0
+    for case in range(5):
+        height, width = int(rng.integers(20, 90)), int(rng.integers(20, 90))
+        noise = cv2.GaussianBlur(rng.random((height, width)).astype(np.float32), (0, 0), 2.0)
+        mask = noise > np.quantile(noise, 0.8 + 0.04 * case)
+        mask[:, : case * 3] = False  # empty columns on the left, as glass beside tissue
+        downsample = 13.7 + case
+        dims = (int(width * downsample) - case, int(height * downsample))
+        for stride in (64, 32, 91):
+            for min_tissue in (0.0, 1e-9, 1e-3, 0.25, 0.5, 1.0):
+                expected = _every_grid_position(mask, downsample, dims, plan, stride, min_tissue)
+                table = tiles_from_mask(mask, downsample, dims, plan, stride, min_tissue, slide_id="s")
+                pd.testing.assert_frame_equal(table, expected, check_exact=True)
+                compared += len(table)
+    assert compared > 5000
+
+
+def test_tile_table_memory_follows_the_tissue_not_the_claimed_size(make_claimed_slide: Callable[..., Path]) -> None:
+    """Two small files claiming 102,400 and 409,600 px a side (16 times the area, 40,000 and 640,000 grid
+    positions of 512 level-0 px) with the same 2048 px of tissue give the same (4 x 4) tiles, and tiling the
+    larger claim takes no more memory (numpy, traced): 15 MiB for both, where scoring every grid position took
+    15 and 95 MiB."""
+    tissue = TissueConfig(mask_mpp=128.0, max_side_px=1024)  # both masks at 512 level-0 px per mask px
+    config = TilingConfig(mpp=0.5, tile_size_px=256, tissue=tissue)
+    tables, peaks = [], []
+    for side in (102_400, 409_600):
+        path = make_claimed_slide(f"claims_{side}.tif", (side, side))
+        assert path.stat().st_size < 600_000
+        with Slide(path) as slide:
+            assert slide.dimensions == (side, side)
+            mask = detect_tissue(slide, tissue)
+            tracemalloc.start()
+            try:
+                tables.append(tile_slide(slide, config, mask))
+                peaks.append(tracemalloc.get_traced_memory()[1])
+            finally:
+                tracemalloc.stop()
+    assert 14 <= len(tables[0]) <= 16 and (tables[0].tissue_fraction == 1).all()  # JPEG-softened corners
+    assert set(tables[0].x) == set(tables[0].y) == {0, 512, 1024, 1536}
+    pd.testing.assert_frame_equal(tables[0].drop(columns="slide_id"), tables[1].drop(columns="slide_id"))
+    assert peaks[1] < peaks[0] + 4 * 2**20, peaks
+    assert peaks[1] < 40 * 2**20, peaks  # the probe read of one 2048 px JPEG tile is most of it
+
+
+def test_mask_integral_is_exact_in_int32() -> None:
+    """The integral image counts tissue pixels exactly (int32), and coverage agrees with a float64 integral."""
+    rng = np.random.default_rng(1)
+    mask = rng.random((300, 200)) > 0.5
+    integral = mask_integral(mask)
+    assert integral.dtype == np.int32 and integral[-1, -1] == mask.sum()
+    xs, ys = rng.uniform(-50, 3000, 500), rng.uniform(-50, 4500, 500)
+    reference = cv2.integral(mask.astype(np.uint8), sdepth=cv2.CV_64F)
+    np.testing.assert_array_equal(
+        coverage_from_integral(integral, 15.0, xs, ys, 100.0), coverage_from_integral(reference, 15.0, xs, ys, 100.0)
+    )
 
 
 def test_tiling_config_validation() -> None:
