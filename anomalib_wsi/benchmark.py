@@ -3,7 +3,8 @@
 He & Li (MIDL 2023) train RDFocal on tiles of 10 tumour slides (tumor_001, 011, 022, 034, 045, 057, 070, 082,
 095, 108; about 500 normal and 122 tumour tiles per slide) and test on the 129 test slides: slide AUC 0.9036,
 against 0.6068 for plain reverse distillation. This runner checks the layout, writes the training manifest,
-trains with the settings of ``configs/rd_focal_wsi.yaml`` (overridable by ``--config``), predicts the test
+trains with the settings of the packaged ``rd_focal_wsi.yaml`` (:func:`anomalib_wsi.configs.load_config`, the same
+file as ``configs/rd_focal_wsi.yaml``; ``--config`` overrides them), predicts the test
 slides and evaluates them with the Camelyon16 protocol.
 
 Expected layout under ``--root`` (the names of the official download)::
@@ -26,7 +27,15 @@ import yaml
 
 from anomalib_wsi.errors import WSIError
 
-__all__ = ["PAPER_RESULTS", "PAPER_TRAIN_SLIDES", "benchmark_command", "check_layout", "plan_camelyon16"]
+__all__ = [
+    "PAPER_RESULTS",
+    "PAPER_TRAIN_SLIDES",
+    "PREDICT_SETTINGS",
+    "benchmark_command",
+    "check_layout",
+    "default_settings",
+    "plan_camelyon16",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -36,51 +45,30 @@ PAPER_TRAIN_SLIDES = tuple(f"tumor_{n:03d}" for n in (1, 11, 22, 34, 45, 57, 70,
 #: Slide AUCs the paper reports on the Camelyon16 test set.
 PAPER_RESULTS = {"RDFocal (FW-RD), 10 tumour slides": 0.9036, "plain RD": 0.6068}
 
-#: Settings of configs/rd_focal_wsi.yaml (the paper's), used unless ``--config`` overrides them; a test keeps the
-#: two equal (the installed package has no configs/ folder to read).
-DEFAULT_SETTINGS: dict[str, Any] = {
-    "model": {
-        "backbone": "wide_resnet50_2",
-        "layers": ["layer1", "layer2", "layer3"],
-        "anomaly_map_mode": "add",
-        "pre_trained": True,
-        "weights_path": None,
-        "image_size": 256,
-        "channels_last": True,
-        "loss": "focal",
-        "alpha_normal": 0.1,
-        "alpha_tumour": 0.9,
-        "gamma": 2.0,
-        "tile_score": "mean",
-        "visualizer": False,
-        "lr": 0.005,
-        "betas": [0.5, 0.999],
-    },
-    "data": {
-        "mpp": 0.25,
-        "tile_size_px": 256,
-        "min_tissue": 0.5,
-        "tumour_threshold": 0.5,
-        "normal_tiles_per_slide": 500,
-        "tumour_tiles_per_slide": 122,
-        "eval_tiles_per_slide": 500,
-        "val_ratio": 0.2,
-        "test_ratio": 0.0,
-        "train_batch_size": 32,
-        "eval_batch_size": 64,
-        "num_workers": 8,
-        "seed": 42,
-    },
-    "trainer": {
-        "max_epochs": 200,
-        "accelerator": "auto",
-        "devices": 1,
-        "precision": "bf16-mixed",
-        "log_every_n_steps": 20,
-        "check_val_every_n_epoch": 10,
-    },
-    "predict": {"batch_size": 64, "num_workers": 8, "precision": "bf16"},
-}
+#: Prediction settings of the runner (``anomalib train`` has no predict section; ``--config`` may override them).
+PREDICT_SETTINGS: dict[str, Any] = {"batch_size": 64, "num_workers": 8, "precision": "bf16"}
+
+#: Data settings the runner sets itself (the manifest it writes and the annotation folder of the download).
+_RUNNER_DATA_KEYS = frozenset({"root", "annotations"})
+
+
+def default_settings() -> dict[str, Any]:
+    """The runner's settings: the packaged ``rd_focal_wsi.yaml`` (``model``, ``data``, ``trainer``) and prediction.
+
+    Returns:
+        ``{"model": ..., "data": ..., "trainer": ..., "predict": ...}``, the config's ``init_args`` flattened; the
+        data paths the runner writes itself (``root``, ``annotations``) are left out.
+    """
+    from anomalib_wsi.configs import load_config
+
+    config = load_config("rd_focal_wsi")
+    data = {k: v for k, v in config["data"]["init_args"].items() if k not in _RUNNER_DATA_KEYS}
+    return {
+        "model": dict(config["model"]["init_args"]),
+        "data": data,
+        "trainer": dict(config["trainer"]),
+        "predict": dict(PREDICT_SETTINGS),
+    }
 
 
 def _find(folder: Path, stem: str) -> Path | None:
@@ -149,7 +137,7 @@ def plan_camelyon16(root: str | Path, output: str | Path) -> dict[str, Any]:
 
 
 def _settings(config: str | Path | None) -> dict[str, Any]:
-    settings = {k: dict(v) for k, v in DEFAULT_SETTINGS.items()}
+    settings = default_settings()
     if config is None:
         return settings
     path = Path(config)

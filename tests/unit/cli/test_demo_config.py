@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomalib_wsi.benchmark import DEFAULT_SETTINGS
+from anomalib_wsi.benchmark import PREDICT_SETTINGS, default_settings
 from anomalib_wsi.demo import DEMO_DATA, DEMO_MODEL, DEMO_TRAINER
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
@@ -24,9 +24,11 @@ def test_demo_uses_the_demo_config_settings() -> None:
 def test_camelyon16_runner_uses_the_paper_config_settings() -> None:
     config = yaml.safe_load((CONFIGS / "rd_focal_wsi.yaml").read_text())
     data = {k: v for k, v in config["data"]["init_args"].items() if k not in {"root", "annotations"}}
-    assert DEFAULT_SETTINGS["model"] == config["model"]["init_args"]
-    assert DEFAULT_SETTINGS["data"] == data  # the runner writes its own manifest and annotation paths
-    assert DEFAULT_SETTINGS["trainer"] == config["trainer"]
+    settings = default_settings()
+    assert settings["model"] == config["model"]["init_args"]
+    assert settings["data"] == data  # the runner writes its own manifest and annotation paths
+    assert settings["trainer"] == config["trainer"]
+    assert settings["predict"] == PREDICT_SETTINGS
 
 
 @pytest.mark.parametrize("name", ["rd_focal_demo.yaml", "rd_focal_wsi.yaml"])
