@@ -51,7 +51,7 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from anomalib_wsi.errors import WSIError
-from anomalib_wsi.models.rd_focal.anomaly_map import TILE_SCORES
+from anomalib_wsi.models.rd_focal.anomaly_map import BLUR_BORDERS, TILE_SCORES
 from anomalib_wsi.models.rd_focal.loss import FocalCosineLoss
 from anomalib_wsi.models.rd_focal.torch_model import SUPPORTED_BACKBONES, RDFocalModel
 from anomalib_wsi.models.rd_focal.weights import BackboneWeightsError, load_backbone_weights
@@ -118,6 +118,10 @@ class RDFocal(ReverseDistillation):
         betas: Adam betas (the paper: ``(0.5, 0.999)``).
         image_size: side the default pre-processor resizes tiles to (None: anomalib's 256). Set it to the tile
             size so tiles are not up-scaled (the demo: 64); ignored when a ``pre_processor`` is given.
+        blur_sigma: standard deviation of the anomaly map's Gaussian blur, in map pixels (anomalib and FW-RD: 4).
+        blur_border: the blur's border handling: ``"reflect"`` (anomalib's) or ``"symmetric"`` (the edge pixel
+            repeated, as FW-RD's ``scipy.ndimage.gaussian_filter``; the two differ only within 16 px of the tile
+            border).
 
     Raises:
         RDFocalConfigError: for an invalid option.
@@ -152,6 +156,8 @@ class RDFocal(ReverseDistillation):
         lr: float = 0.005,
         betas: tuple[float, float] = (0.5, 0.999),
         image_size: int | None = None,
+        blur_sigma: float = 4,
+        blur_border: str = "reflect",
     ) -> None:
         if image_size is not None:
             if int(image_size) <= 0 or int(image_size) % 32:
@@ -160,6 +166,12 @@ class RDFocal(ReverseDistillation):
             if pre_processor is True:
                 pre_processor = self.configure_pre_processor(image_size=(int(image_size), int(image_size)))
         mode = _validate_options(backbone, layers, anomaly_map_mode, loss, tile_score, lr, betas)
+        if not float(blur_sigma) > 0:
+            msg = f"blur_sigma must be positive (anomalib and FW-RD blur with 4), got {blur_sigma}"
+            raise RDFocalConfigError(msg)
+        if blur_border not in BLUR_BORDERS:
+            msg = f"blur_border must be 'reflect' (anomalib) or 'symmetric' (FW-RD's scipy blur), got {blur_border!r}"
+            raise RDFocalConfigError(msg)
         try:
             criterion: FocalCosineLoss | ReverseDistillationLoss = (
                 FocalCosineLoss(alpha_normal=alpha_normal, alpha_tumour=alpha_tumour, gamma=gamma)
@@ -195,6 +207,8 @@ class RDFocal(ReverseDistillation):
         self.channels_last = channels_last
         self.lr = lr
         self.betas = (float(betas[0]), float(betas[1]))
+        self.blur_sigma = float(blur_sigma)
+        self.blur_border = blur_border
 
         download = pre_trained and weights_path is None
         if pre_trained and weights_path is not None:
@@ -208,6 +222,8 @@ class RDFocal(ReverseDistillation):
                 pre_trained=download,
                 tile_score=tile_score,
                 channels_last=channels_last,
+                blur_sigma=blur_sigma,
+                blur_border=blur_border,
             )
         except Exception as err:
             if not (download and _is_download_error(err)):

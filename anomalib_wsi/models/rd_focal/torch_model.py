@@ -58,6 +58,9 @@ class RDFocalModel(ReverseDistillationModel):
         pre_trained: fetch ImageNet weights for the teacher through timm.
         tile_score: ``"mean"`` or ``"max"`` of the anomaly map.
         channels_last: run convolutions in the channels-last memory format (faster on recent GPUs under autocast).
+        blur_sigma: standard deviation of the anomaly map's Gaussian blur (anomalib and FW-RD: 4).
+        blur_border: the blur's border handling, ``"reflect"`` (anomalib) or ``"symmetric"`` (FW-RD's scipy blur);
+            see :mod:`~anomalib_wsi.models.rd_focal.anomaly_map`.
     """
 
     def __init__(
@@ -69,6 +72,8 @@ class RDFocalModel(ReverseDistillationModel):
         pre_trained: bool = True,
         tile_score: str = "mean",
         channels_last: bool = False,
+        blur_sigma: float = 4,
+        blur_border: str = "reflect",
     ) -> None:
         super().__init__(
             backbone=backbone,
@@ -77,7 +82,9 @@ class RDFocalModel(ReverseDistillationModel):
             anomaly_map_mode=anomaly_map_mode,
             pre_trained=pre_trained,
         )
-        self.anomaly_map_generator = Float32AnomalyMapGenerator(image_size=input_size, mode=anomaly_map_mode)
+        self.anomaly_map_generator = Float32AnomalyMapGenerator(
+            image_size=input_size, sigma=blur_sigma, mode=anomaly_map_mode, border=blur_border
+        )
         self.tile_score = tile_score
         self.channels_last = channels_last
         # The teacher runs under no_grad and OCBE's conv4/bn4 are never called: freezing them keeps them out of
