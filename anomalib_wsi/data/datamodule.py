@@ -4,6 +4,10 @@ The data module tiles every slide (tables cached with their parameters), labels 
 QuPath GeoJSON annotations, splits by slide (seeded, no slide in two splits, the split written to ``split.csv``)
 and samples training tiles as He & Li (MIDL 2023) did: up to ``normal_tiles_per_slide`` normal tiles from every
 training slide and up to ``tumour_tiles_per_slide`` tumour tiles from each tumour slide.
+
+With ``coordinates`` (patch lists like the paper's own, see :mod:`anomalib_wsi.data.coordinates`) the training
+tiles are exactly the listed patches instead: level-0 squares of ``tile_size_px`` around the listed centres, with
+the listed labels; the slides they name are the training slides, and the other slides go to validation and test.
 """
 
 from __future__ import annotations
@@ -22,6 +26,13 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 from tqdm.auto import tqdm
 
+from anomalib_wsi.data.coordinates import (
+    CoordinateSpec,
+    coordinate_spec_strings,
+    listed_patch_samples,
+    read_coordinates,
+    split_by_coordinates,
+)
 from anomalib_wsi.data.dataset import WSITileDataset
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.evaluation.labels import parse_label, read_slide_labels
@@ -165,6 +176,11 @@ class WSIDataModule(AnomalibDataModule):
         eval_tiles_per_slide: cap on labelled tiles per validation/test slide (None: all), tumour tiles first.
         normal_only: train on normal tiles only (plain reverse distillation).
         normal_slides: an extra folder of normal slides whose tiles join the training set as normal tiles.
+        coordinates: train on these listed patches instead of sampled tiles: coordinate files of level-0 patch
+            centres (``slide_id,x_center,y_center[,label]``, as the paper's ``train_good.txt``/``train_bad.txt``),
+            spelt ``["train_good.txt:0", "train_bad.txt:1"]``, ``{train_good.txt: 0, train_bad.txt: 1}``, a folder
+            holding those two files, or a ``path,label`` CSV manifest. Each patch is read at level 0 with side
+            ``tile_size_px`` around its centre; ``mpp`` must match the slides' level-0 resolution.
         val_ratio: fraction of slides for validation (when the manifest gives no split).
         test_ratio: fraction of slides for testing.
         slide_mpp: level-0 mpp for slides that record none (a manifest ``mpp`` column wins).
@@ -202,6 +218,7 @@ class WSIDataModule(AnomalibDataModule):
         eval_tiles_per_slide: int | None = 500,
         normal_only: bool = False,
         normal_slides: str | Path | None = None,
+        coordinates: CoordinateSpec | None = None,
         val_ratio: float = 0.2,
         test_ratio: float = 0.2,
         slide_mpp: float | None = None,
@@ -224,6 +241,7 @@ class WSIDataModule(AnomalibDataModule):
             for key, value in locals().items()
             if key not in {"self", "__class__"} and not key.endswith("augmentations")
         }
+        hparams["coordinates"] = coordinate_spec_strings(coordinates)
         super().__init__(
             train_batch_size=train_batch_size,
             eval_batch_size=eval_batch_size,
@@ -256,6 +274,7 @@ class WSIDataModule(AnomalibDataModule):
         self.eval_tiles_per_slide = eval_tiles_per_slide
         self.normal_only = normal_only
         self.normal_slides = Path(normal_slides) if normal_slides is not None else None
+        self.coordinates = coordinates
         self.val_ratio = val_ratio
         self.test_ratio = test_ratio
         self.slide_mpp = slide_mpp
@@ -265,6 +284,7 @@ class WSIDataModule(AnomalibDataModule):
         self.synthetic_size_px = synthetic_size_px
         self.records: list[SlideRecord] = []
         self.tile_tables: dict[str, pd.DataFrame] = {}
+        self._coordinate_table: pd.DataFrame | None = None
         self._category = self.root.name
 
     # -- data preparation --------------------------------------------------------------------------------------
@@ -325,7 +345,30 @@ class WSIDataModule(AnomalibDataModule):
                 record.label = 1 if record.annotation_path is not None else 0
             if record.label == 1 and record.annotation_path is None:
                 logger.warning("%s: tumour slide without annotations; its tiles are not labelled", record.slide_path)
+        if self.coordinates is not None:
+            return self._split_by_coordinates(records)
         return assign_splits(records, self.val_ratio, self.test_ratio, self.seed or 0)
+
+    # -- listed patches (data.coordinates) ---------------------------------------------------------------------
+    def coordinate_table(self) -> pd.DataFrame:
+        """The patches of ``coordinates`` (read once): ``slide_id, x_center, y_center, label, source``."""
+        if self._coordinate_table is None:
+            if self.coordinates is None:
+                msg = "data.coordinates is not set"
+                raise WSIError(msg)
+            self._coordinate_table = read_coordinates(self.coordinates)
+        return self._coordinate_table
+
+    def _split_by_coordinates(self, records: list[SlideRecord]) -> list[SlideRecord]:
+        return split_by_coordinates(
+            records, self.coordinate_table(), self.val_ratio, self.test_ratio, self.seed or 0, where=str(self.root)
+        )
+
+    def _listed_patches(self, records: list[SlideRecord]) -> pd.DataFrame:
+        coordinates = self.coordinate_table()
+        if self.normal_only:
+            coordinates = coordinates[coordinates["label"] == 0]
+        return listed_patch_samples(records, coordinates, self.tile_size_px, self.mpp, self.slide_mpp)
 
     def _write_split(self, records: list[SlideRecord]) -> Path:
         path = self.tile_cache_dir / "split.csv"
@@ -437,7 +480,12 @@ class WSIDataModule(AnomalibDataModule):
             extra = [SlideRecord(p, None, "train", 0) for p in list_slides(self.normal_slides)]
         rng = np.random.default_rng(self.seed or 0)
         parts: dict[str, list[pd.DataFrame]] = {s: [] for s in _SPLITS}
-        for record in tqdm(self.records + extra, desc="tiling slides", unit="slide", leave=False):
+        to_tile = self.records + extra
+        if self.coordinates is not None:
+            # the listed patches replace the training slides' sampled tiles; those slides need no tiling
+            parts["train"].append(self._listed_patches(self.records))
+            to_tile = [record for record in self.records if record.split != "train"] + extra
+        for record in tqdm(to_tile, desc="tiling slides", unit="slide", leave=False):
             table = self.tile_table(record)
             self.tile_tables[record.slide_id] = table
             if record.split == "train":

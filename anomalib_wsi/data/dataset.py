@@ -1,7 +1,7 @@
 """Tile datasets read lazily from slides: anomalib ``ImageItem``s with labels and tile tumour masks.
 
-Each row of the samples table is one tile of the DESIGN.md tile table plus ``image_path`` (a virtual id
-``<slide path>@<x>,<y>``), ``split`` and ``label_index``. Slides are opened once per DataLoader worker (a
+Each row of the samples table is one tile of a tile table (``slide_id, x, y, level, ...``) plus ``image_path``
+(a virtual id ``<slide path>@<x>,<y>``), ``split`` and ``label_index``. Slides are opened once per DataLoader worker (a
 per-process cache of :class:`~anomalib_wsi.slide.Slide` handles); a whole slide is never held in memory.
 """
 

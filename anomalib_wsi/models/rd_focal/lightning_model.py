@@ -1,7 +1,12 @@
 """RDFocal: anomalib's ReverseDistillation trained with the focal cosine loss of He & Li (MIDL 2023, "FW-RD").
 
+This module is the Lightning wiring: options, optimiser, training step and checkpoint loading. The network is in
+:mod:`~anomalib_wsi.models.rd_focal.torch_model`, the anomaly map and tile score in
+:mod:`~anomalib_wsi.models.rd_focal.anomaly_map`, the loss in :mod:`~anomalib_wsi.models.rd_focal.loss`, as in
+anomalib's own model folders.
+
 The network, the anomaly map and the trainer settings are anomalib's reverse distillation (Deng & Li, CVPR 2022).
-What He & Li change, and this module with them:
+What He & Li change, and this model with them:
 
 - the training set holds a few labelled tumour tiles besides the normal ones (``gt_label`` 1), and the loss is the
   focal loss on the teacher/student cosine similarity (:mod:`anomalib_wsi.models.rd_focal.loss`), which teaches the
@@ -33,12 +38,11 @@ from pathlib import Path
 from typing import IO, Any
 
 import torch
-from anomalib.data import Batch, InferenceBatch
+from anomalib.data import Batch
 from anomalib.metrics import Evaluator
 from anomalib.models.image.reverse_distillation import ReverseDistillation
-from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode, AnomalyMapGenerator
+from anomalib.models.image.reverse_distillation.anomaly_map import AnomalyMapGenerationMode
 from anomalib.models.image.reverse_distillation.loss import ReverseDistillationLoss
-from anomalib.models.image.reverse_distillation.torch_model import ReverseDistillationModel
 from anomalib.post_processing import PostProcessor
 from anomalib.pre_processing import PreProcessor
 from anomalib.visualization import Visualizer
@@ -47,7 +51,9 @@ from lightning.pytorch.utilities.types import STEP_OUTPUT
 from torch import optim
 
 from anomalib_wsi.errors import WSIError
+from anomalib_wsi.models.rd_focal.anomaly_map import BLUR_BORDERS, TILE_SCORES
 from anomalib_wsi.models.rd_focal.loss import FocalCosineLoss
+from anomalib_wsi.models.rd_focal.torch_model import SUPPORTED_BACKBONES, RDFocalModel
 from anomalib_wsi.models.rd_focal.weights import BackboneWeightsError, load_backbone_weights
 from anomalib_wsi.post_processing.post_processor import WSIPostProcessor
 
@@ -61,20 +67,7 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
-#: Backbones for which anomalib has a reverse-distillation decoder.
-SUPPORTED_BACKBONES = (
-    "resnet18",
-    "resnet34",
-    "resnet50",
-    "resnet101",
-    "resnet152",
-    "resnext50_32x4d",
-    "resnext101_32x8d",
-    "wide_resnet50_2",
-    "wide_resnet101_2",
-)
 LOSSES = ("focal", "cosine")
-TILE_SCORES = ("mean", "max")
 _HUB_ERROR_MODULES = {"huggingface_hub", "httpx", "requests", "urllib3", "urllib"}
 
 
@@ -84,95 +77,6 @@ class RDFocalConfigError(WSIError, ValueError):
 
 class NoTumourTilesError(WSIError, ValueError):
     """The focal loss was asked for, but the training set holds no tumour tile."""
-
-
-class _Float32AnomalyMapGenerator(AnomalyMapGenerator):
-    """anomalib's anomaly map, always computed in float32 (outside autocast) from features of any precision."""
-
-    def forward(self, student_features: list[torch.Tensor], teacher_features: list[torch.Tensor]) -> torch.Tensor:
-        """Compute the anomaly maps.
-
-        Args:
-            student_features: encoder feature maps, one ``(B, C, H, W)`` tensor per layer.
-            teacher_features: decoder feature maps with the same shapes.
-
-        Returns:
-            ``(B, 1, H, W)`` float32 anomaly maps at the model's input size.
-        """
-        with torch.autocast(device_type=student_features[0].device.type, enabled=False):
-            return super().forward(
-                [feature.float() for feature in student_features],
-                [feature.float() for feature in teacher_features],
-            )
-
-
-class RDFocalModel(ReverseDistillationModel):
-    """anomalib's reverse-distillation network with a choice of tile score and memory format.
-
-    The parameters and their names are those of :class:`ReverseDistillationModel`, so state dicts move freely
-    between the two. Differences: in eval mode ``pred_score`` is the mean (``tile_score="mean"``) or the maximum
-    (``"max"``, anomalib's choice) of each tile's anomaly map; the anomaly map is computed in float32 even under
-    autocast; the teacher and the bottleneck layer that the forward pass never uses are frozen.
-
-    Args:
-        backbone: timm name of the teacher, one of :data:`SUPPORTED_BACKBONES`.
-        input_size: ``(H, W)`` of the tiles given to the network, also the size of the anomaly maps.
-        layers: the three teacher layers that are distilled.
-        anomaly_map_mode: how the per-layer maps combine (``"add"`` in the paper).
-        pre_trained: fetch ImageNet weights for the teacher through timm.
-        tile_score: ``"mean"`` or ``"max"`` of the anomaly map.
-        channels_last: run convolutions in the channels-last memory format (faster on recent GPUs under autocast).
-    """
-
-    def __init__(
-        self,
-        backbone: str,
-        input_size: tuple[int, int],
-        layers: Sequence[str],
-        anomaly_map_mode: AnomalyMapGenerationMode,
-        pre_trained: bool = True,
-        tile_score: str = "mean",
-        channels_last: bool = False,
-    ) -> None:
-        super().__init__(
-            backbone=backbone,
-            input_size=input_size,
-            layers=layers,
-            anomaly_map_mode=anomaly_map_mode,
-            pre_trained=pre_trained,
-        )
-        self.anomaly_map_generator = _Float32AnomalyMapGenerator(image_size=input_size, mode=anomaly_map_mode)
-        self.tile_score = tile_score
-        self.channels_last = channels_last
-        # The teacher runs under no_grad and OCBE's conv4/bn4 are never called: freezing them keeps them out of
-        # the optimiser and lets plain DDP train (it otherwise stops on "parameters that were not used").
-        self.encoder.requires_grad_(False)
-        for name in ("conv4", "bn4"):
-            unused = getattr(self.bottleneck, name, None)
-            if unused is not None:
-                unused.requires_grad_(False)
-        if channels_last:
-            self.to(memory_format=torch.channels_last)
-
-    def forward(self, images: torch.Tensor) -> tuple[list[torch.Tensor], list[torch.Tensor]] | InferenceBatch:
-        """Run the network.
-
-        Args:
-            images: ``(B, 3, H, W)`` normalised tiles.
-
-        Returns:
-            In training mode the encoder and decoder feature maps; in eval mode an ``InferenceBatch`` with
-            ``anomaly_map`` ``(B, 1, H, W)`` and ``pred_score`` ``(B, 1)``, the mean or max of the map.
-        """
-        if self.channels_last:
-            images = images.contiguous(memory_format=torch.channels_last)
-        output = super().forward(images)
-        if not isinstance(output, InferenceBatch) or self.tile_score == "max":
-            return output
-        anomaly_map = output.anomaly_map
-        if anomaly_map is None:  # pragma: no cover - the parent always returns a map in eval mode
-            return output
-        return InferenceBatch(pred_score=torch.mean(anomaly_map, dim=(-2, -1)), anomaly_map=anomaly_map)
 
 
 def _is_download_error(err: BaseException) -> bool:
@@ -214,6 +118,10 @@ class RDFocal(ReverseDistillation):
         betas: Adam betas (the paper: ``(0.5, 0.999)``).
         image_size: side the default pre-processor resizes tiles to (None: anomalib's 256). Set it to the tile
             size so tiles are not up-scaled (the demo: 64); ignored when a ``pre_processor`` is given.
+        blur_sigma: standard deviation of the anomaly map's Gaussian blur, in map pixels (anomalib and FW-RD: 4).
+        blur_border: the blur's border handling: ``"reflect"`` (anomalib's) or ``"symmetric"`` (the edge pixel
+            repeated, as FW-RD's ``scipy.ndimage.gaussian_filter``; the two differ only within 16 px of the tile
+            border).
 
     Raises:
         RDFocalConfigError: for an invalid option.
@@ -248,6 +156,8 @@ class RDFocal(ReverseDistillation):
         lr: float = 0.005,
         betas: tuple[float, float] = (0.5, 0.999),
         image_size: int | None = None,
+        blur_sigma: float = 4,
+        blur_border: str = "reflect",
     ) -> None:
         if image_size is not None:
             if int(image_size) <= 0 or int(image_size) % 32:
@@ -256,6 +166,12 @@ class RDFocal(ReverseDistillation):
             if pre_processor is True:
                 pre_processor = self.configure_pre_processor(image_size=(int(image_size), int(image_size)))
         mode = _validate_options(backbone, layers, anomaly_map_mode, loss, tile_score, lr, betas)
+        if not float(blur_sigma) > 0:
+            msg = f"blur_sigma must be positive (anomalib and FW-RD blur with 4), got {blur_sigma}"
+            raise RDFocalConfigError(msg)
+        if blur_border not in BLUR_BORDERS:
+            msg = f"blur_border must be 'reflect' (anomalib) or 'symmetric' (FW-RD's scipy blur), got {blur_border!r}"
+            raise RDFocalConfigError(msg)
         try:
             criterion: FocalCosineLoss | ReverseDistillationLoss = (
                 FocalCosineLoss(alpha_normal=alpha_normal, alpha_tumour=alpha_tumour, gamma=gamma)
@@ -291,6 +207,8 @@ class RDFocal(ReverseDistillation):
         self.channels_last = channels_last
         self.lr = lr
         self.betas = (float(betas[0]), float(betas[1]))
+        self.blur_sigma = float(blur_sigma)
+        self.blur_border = blur_border
 
         download = pre_trained and weights_path is None
         if pre_trained and weights_path is not None:
@@ -304,6 +222,8 @@ class RDFocal(ReverseDistillation):
                 pre_trained=download,
                 tile_score=tile_score,
                 channels_last=channels_last,
+                blur_sigma=blur_sigma,
+                blur_border=blur_border,
             )
         except Exception as err:
             if not (download and _is_download_error(err)):

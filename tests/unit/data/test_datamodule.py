@@ -129,3 +129,94 @@ def test_patch_folder_keeps_tumour_tiles_in_training(tmp_path: Path) -> None:
     shutil.rmtree(tmp_path / "train" / "good")
     with pytest.raises(WSIError, match="train/good"):
         PatchFolder(root=tmp_path).setup()
+
+
+# ---------------------------------------------------------------- listed patches (data.coordinates)
+
+
+@pytest.fixture(scope="module")
+def camelyon_named(tmp_path_factory: pytest.TempPathFactory) -> dict[str, object]:
+    """Four 1024 px slides named as Camelyon16's (tumor_001, tumor_011 with XML; normal_001, normal_002) and
+    FW-RD-style coordinate lists for the two tumour slides: normal patch centres on tissue, tumour ones on lesions."""
+    from anomalib_wsi.data.synthetic import synthesize_slide
+
+    root = tmp_path_factory.mktemp("camelyon_named")
+    good, bad = [], []
+    for n, (slide_id, tumour) in enumerate(
+        [("tumor_001", True), ("tumor_011", True), ("normal_001", False), ("normal_002", False)]
+    ):
+        slide = synthesize_slide(
+            root / "slides" / f"{slide_id}.tif",
+            size_px=1024,
+            seed=40 + n,
+            tumour=tumour,
+            annotation_path=root / "annotations" / f"{slide_id}.xml",
+        )
+        if tumour:
+            for polygon in slide.tissue_polygons[:3]:
+                point = polygon.representative_point()
+                good.append(f"{slide_id},{int(point.x)},{int(point.y)}")
+            for polygon in slide.tumour_polygons[:2]:
+                point = polygon.representative_point()
+                bad.append(f"{slide_id},{int(point.x)},{int(point.y)}")
+    (root / "train_good.txt").write_bytes(("\r\n".join(good) + "\r\n").encode())
+    (root / "train_bad.txt").write_bytes(("\r\n".join(bad) + "\r\n").encode())
+    return {"root": root, "good": good, "bad": bad}
+
+
+def _listed(lines: list[str], tile_px: int) -> list[list[object]]:
+    rows = []
+    for line in lines:
+        slide_id, x, y = line.split(",")
+        rows.append([slide_id, int(x) - tile_px // 2, int(y) - tile_px // 2])
+    return rows
+
+
+def test_listed_patches_are_the_training_set_pixel_for_pixel(camelyon_named, tmp_path: Path) -> None:
+    import openslide
+
+    root = camelyon_named["root"]
+    tile_px = 128
+    dm = _module(
+        root,
+        tmp_path,
+        mpp=0.5,
+        tile_size_px=tile_px,
+        coordinates=[f"{root / 'train_good.txt'}:0", f"{root / 'train_bad.txt'}:1"],
+        val_ratio=0.3,
+        test_ratio=0.3,
+    )
+    dm.setup()
+    train = dm.train_data.samples
+    expected = _listed(camelyon_named["good"], tile_px) + _listed(camelyon_named["bad"], tile_px)
+    assert train[["slide_id", "x", "y"]].values.tolist() == expected
+    assert train.label_index.tolist() == [0] * len(camelyon_named["good"]) + [1] * len(camelyon_named["bad"])
+    # the slides with listed patches train; the others validate and test (one each: val_ratio = test_ratio)
+    split = pd.read_csv(tmp_path / "cache" / "split.csv").set_index("slide_id").split.to_dict()
+    assert {k: v for k, v in split.items() if v == "train"} == {"tumor_001": "train", "tumor_011": "train"}
+    assert sorted(v for k, v in split.items() if k.startswith("normal")) == ["test", "val"]
+    for index, (slide_id, x, y) in enumerate(expected):
+        item = dm.train_data[index]
+        with openslide.OpenSlide(str(root / "slides" / f"{slide_id}.tif")) as handle:
+            reference = np.asarray(handle.read_region((x, y), 0, (tile_px, tile_px)).convert("RGB"))
+        assert np.array_equal(dm.train_data.read_image(index), reference), (slide_id, x, y)
+        np.testing.assert_allclose(item.image.permute(1, 2, 0).numpy(), reference / 255.0, rtol=0, atol=1e-6)
+        assert int(item.gt_label) == int(train.label_index.iloc[index])
+    # the checkpoint's hyper-parameters keep the lists as plain strings
+    assert dm.hparams["coordinates"] == [f"{root / 'train_good.txt'}:0", f"{root / 'train_bad.txt'}:1"]
+
+
+def test_listed_patches_check_the_cohort_the_resolution_and_the_slide(camelyon_named, tmp_path: Path) -> None:
+    root = camelyon_named["root"]
+    extra = tmp_path / "extra.txt"
+    extra.write_text("tumor_022,100,100\ntumor_034,100,100\n")
+    with pytest.raises(
+        WSIError, match=r"2 slides named in data\.coordinates are not in the cohort \(tumor_022, tumor_034\)"
+    ):
+        _module(root, tmp_path, mpp=0.5, tile_size_px=128, coordinates=[f"{extra}:0"]).setup()
+    with pytest.raises(WSIError, match=r"read at level 0 \(0\.5 µm/px\) but data\.mpp is 1; set data\.mpp to 0\.5"):
+        _module(root, tmp_path, mpp=1.0, tile_size_px=64, coordinates=str(root / "train_good.txt:0")).setup()
+    outside = tmp_path / "outside.txt"
+    outside.write_text("tumor_001,1000,500\n")
+    with pytest.raises(WSIError, match=r"1 listed patches reach outside the 1024x1024 slide \(first: centre 1000,500"):
+        _module(root, tmp_path, mpp=0.5, tile_size_px=128, coordinates=[f"{outside}:1"]).setup()

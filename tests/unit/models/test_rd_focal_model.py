@@ -1,4 +1,4 @@
-"""Tests of anomalib_wsi/models/rd_focal/lightning_model.py and weights.py: RDFocal training, scores, checkpoints."""
+"""Tests of anomalib_wsi/models/rd_focal (the Lightning module, network, maps, weights): training, checkpoints."""
 
 from __future__ import annotations
 
