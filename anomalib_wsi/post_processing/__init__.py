@@ -5,6 +5,10 @@
 - :mod:`~anomalib_wsi.post_processing.lesions`: :func:`extract_lesions` (polygons with holes, level-0 pixels),
   :func:`detection_points` (Camelyon16 ``confidence,x,y``), :func:`slide_score`, and the file writers.
 - :mod:`~anomalib_wsi.post_processing.render`: :func:`render_heatmap_png` (``heatmap.png``).
+- :mod:`~anomalib_wsi.post_processing.tile_objects`: :func:`write_tile_objects`, :func:`write_tile_score_objects`
+  (``tiles.geojson(.gz)``: scored cells or tiles as QuPath tile objects, for Measure > Show measurement maps).
+- :mod:`~anomalib_wsi.post_processing.overlay`: :func:`write_heatmap_tiff` (``heatmap.tif``: a pyramidal TIFF
+  overlay for QuPath, ASAP, openslide).
 - :mod:`~anomalib_wsi.post_processing.post_processor`: :class:`WSIPostProcessor`, anomalib's PostProcessor
   with the slide-level steps (imported lazily: it pulls in anomalib).
 """
@@ -22,7 +26,9 @@ from anomalib_wsi.post_processing.lesions import (
     write_detections_csv,
     write_lesions_geojson,
 )
+from anomalib_wsi.post_processing.overlay import write_heatmap_tiff
 from anomalib_wsi.post_processing.stitch import Heatmap, HeatmapAccumulator, stitch_tile_scores
+from anomalib_wsi.post_processing.tile_objects import write_tile_objects, write_tile_score_objects
 
 if TYPE_CHECKING:
     from anomalib_wsi.post_processing.post_processor import SlideResult, WSIPostProcessor
@@ -40,7 +46,10 @@ __all__ = [
     "slide_score",
     "stitch_tile_scores",
     "write_detections_csv",
+    "write_heatmap_tiff",
     "write_lesions_geojson",
+    "write_tile_objects",
+    "write_tile_score_objects",
 ]
 
 _LAZY = {
