@@ -15,8 +15,14 @@ def parser() -> ArgumentParser:
     p.add_argument("dataset", choices=["camelyon16"], help="which benchmark")
     p.add_argument("--root", required=True, help="Camelyon16 folder (training/, testing/, lesion_annotations/ ...)")
     p.add_argument("--output", default="camelyon16_run")
-    p.add_argument("--config", default=None, help="training config (default: configs/rd_focal_wsi.yaml settings)")
+    p.add_argument("--config", default=None, help="training config (default: the packaged rd_focal_wsi.yaml)")
     p.add_argument("--dry-run", action="store_true", help="check the layout and print the plan, train nothing")
+    p.add_argument(
+        "--paper-patches",
+        default=None,
+        help="FW-RD's coordinate folder (train_good.txt, train_bad.txt, test_good.txt, test_bad.txt): train on the "
+        "paper's 6,001 patches and add its patch-level test",
+    )
     return p
 
 

@@ -1,6 +1,6 @@
 """Fixtures of the end-to-end tests: a tiny RDFocal trained once per session on a small synthetic cohort.
 
-The model is the demo's (``anomalib_wsi.demo.DEMO_MODEL``: resnet18 without pre-trained weights, 64 px tiles at
+The model is the demo's (``anomalib_wsi.cli.demo.DEMO_MODEL``: resnet18 without pre-trained weights, 64 px tiles at
 1 µm/px, focal loss) trained for 2 epochs on 8 synthetic 3072 px slides at 0.5 µm/px with fewer sampled tiles
 than the demo. Slides split by slide, 2 per class for training and 1 per class for validation and for testing, so
 4 slides (2 tumour, 2 normal) are never trained on. About 25 s of training on two CPU cores.
@@ -92,8 +92,8 @@ def trained_model(tmp_path_factory: pytest.TempPathFactory) -> TrainedModel:
     """Train the tiny RDFocal once per session; returns its checkpoint, the cohort and the split."""
     import lightning
 
+    from anomalib_wsi.cli.demo import DEMO_DATA, DEMO_MODEL, DEMO_TRAINER
     from anomalib_wsi.data.datamodule import WSIDataModule
-    from anomalib_wsi.demo import DEMO_DATA, DEMO_MODEL, DEMO_TRAINER
     from anomalib_wsi.inference import WSIEngine, trained_checkpoint
     from anomalib_wsi.models.rd_focal import RDFocal
 

@@ -9,8 +9,8 @@ import pytest
 import torch
 from sklearn.metrics import roc_auc_score
 
+from anomalib_wsi.cli.demo import DEMO_DATA, DEMO_MODEL
 from anomalib_wsi.data.datamodule import WSIDataModule
-from anomalib_wsi.demo import DEMO_DATA, DEMO_MODEL
 from anomalib_wsi.inference import WSIEngine
 from anomalib_wsi.models.rd_focal import RDFocal
 

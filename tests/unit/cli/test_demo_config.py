@@ -1,4 +1,4 @@
-"""The demo runs what configs/rd_focal_demo.yaml trains, and both configs name real classes and arguments."""
+"""The Camelyon16 runner runs what configs/rd_focal_wsi.yaml trains, and the configs name real classes and arguments."""
 
 from __future__ import annotations
 
@@ -9,16 +9,8 @@ import pytest
 import yaml
 
 from anomalib_wsi.benchmark import PREDICT_SETTINGS, default_settings
-from anomalib_wsi.demo import DEMO_DATA, DEMO_MODEL, DEMO_TRAINER
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
-
-
-def test_demo_uses_the_demo_config_settings() -> None:
-    config = yaml.safe_load((CONFIGS / "rd_focal_demo.yaml").read_text())
-    assert config["model"]["init_args"] == DEMO_MODEL
-    assert config["data"]["init_args"] == DEMO_DATA
-    assert config["trainer"] == DEMO_TRAINER
 
 
 def test_camelyon16_runner_uses_the_paper_config_settings() -> None:
