@@ -1,4 +1,5 @@
-"""Evaluation: Camelyon16 lesion-level FROC, slide AUC with a bootstrap CI, and ``anomalib-wsi evaluate``."""
+"""Evaluation: Camelyon16 lesion-level FROC, ground-truth masks as ASAP made them, slide AUC with a bootstrap CI,
+and ``anomalib-wsi evaluate``."""
 
 from anomalib_wsi.evaluation.froc import (
     CAMELYON16_MPP,
@@ -12,6 +13,7 @@ from anomalib_wsi.evaluation.froc import (
     evaluate_froc,
 )
 from anomalib_wsi.evaluation.labels import EvaluationError, read_slide_labels
+from anomalib_wsi.evaluation.masks import GroundTruth, asap_region_mask, load_ground_truth
 from anomalib_wsi.evaluation.report import EvaluationReport, evaluate, evaluate_command
 from anomalib_wsi.evaluation.slide_metrics import bootstrap_auc_ci, slide_auc
 
@@ -21,7 +23,9 @@ __all__ = [
     "EvaluationError",
     "EvaluationReport",
     "FROCResult",
+    "GroundTruth",
     "SlideFROC",
+    "asap_region_mask",
     "bootstrap_auc_ci",
     "compute_evaluation_mask",
     "compute_fp_tp_probs",
@@ -30,6 +34,7 @@ __all__ = [
     "evaluate",
     "evaluate_command",
     "evaluate_froc",
+    "load_ground_truth",
     "read_slide_labels",
     "slide_auc",
 ]

@@ -14,6 +14,7 @@ Slide ids are kept as written; matching them to files elsewhere is case-insensit
 from __future__ import annotations
 
 import csv
+import io
 from pathlib import Path
 
 from anomalib_wsi.errors import WSIError
@@ -38,6 +39,31 @@ LABEL_VALUES: dict[str, int] = {
 }
 
 
+def read_text_file(path: Path, what: str, expected: str) -> str:
+    """The text of a small UTF-8 file; a binary file (NUL bytes, not UTF-8) is refused in one line.
+
+    Args:
+        path: the file.
+        what: what the file is, for the message (``"labels file"``).
+        expected: what should be passed instead, for the message.
+
+    Raises:
+        EvaluationError: the file cannot be read or is not UTF-8 text.
+    """
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        msg = f"{path}: cannot read this {what} ({err.strerror or err}); pass {expected}"
+        raise EvaluationError(msg) from None
+    try:
+        if b"\x00" in data:
+            raise UnicodeError("NUL byte")
+        return data.decode("utf-8-sig")
+    except UnicodeError:
+        msg = f"{path}: this {what} is binary, not UTF-8 text; pass {expected}"
+        raise EvaluationError(msg) from None
+
+
 def parse_label(value: str) -> int | None:
     """1 for a tumour label, 0 for a normal one, ``None`` for anything else (see :data:`LABEL_VALUES`)."""
     return LABEL_VALUES.get(value.strip().lower())
@@ -53,14 +79,19 @@ def read_slide_labels(path: str | Path) -> dict[str, int]:
         ``{slide_id: label}`` in file order, label 1 tumour and 0 normal.
 
     Raises:
-        EvaluationError: the file is missing, empty, in neither layout, has an unknown label or a repeated slide.
+        EvaluationError: the file is missing, binary, empty, in neither layout, has an unknown label or a repeated
+            slide.
     """
     path = Path(path)
     if not path.is_file():
         msg = f"{path}: labels file not found; pass a CSV with slide_id,label or Camelyon16's reference.csv"
         raise EvaluationError(msg)
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        rows = [(number, row) for number, row in enumerate(csv.reader(handle), start=1) if any(c.strip() for c in row)]
+    text = read_text_file(path, "labels file", "a CSV with slide_id,label or Camelyon16's reference.csv")
+    rows = [
+        (number, row)
+        for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1)
+        if any(c.strip() for c in row)
+    ]
     if not rows:
         msg = f"{path}: labels file is empty; write a header slide_id,label and one row per slide"
         raise EvaluationError(msg)

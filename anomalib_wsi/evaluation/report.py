@@ -7,9 +7,13 @@ Inputs:
   (key ``slide_score``);
 - slide labels (:func:`~anomalib_wsi.evaluation.labels.read_slide_labels`);
 - ground truth of tumour slides in ``<annotations>``: ``<slide_id>.xml`` (ASAP), ``.geojson`` / ``.json``
-  (QuPath), or a mask TIFF ``<slide_id>.tif`` / ``<slide_id>_mask.tif`` (tumour 1 or 255), looked up in that
-  order. Vector annotations are rasterised at level 5 (downsample 32); the slide size comes from the slide file
-  with the same stem beside the annotation file or in ``slides``, else from the annotation extent.
+  (QuPath), or a mask TIFF ``<slide_id>.tif`` / ``<slide_id>_mask.tif`` (tumour 255, as the official scorer
+  reads it), looked up in that order. Vector annotations become level-5 masks (downsample 32) exactly as ASAP
+  wrote the organisers' masks (:mod:`anomalib_wsi.evaluation.masks`); the slide size comes from the slide file
+  with the same stem beside the annotation file or in ``slides``, else from the ``slide_size_lv0`` of the
+  prediction's ``summary.json``, else from the annotation extent. ``report.json`` and ``per_slide.csv`` say
+  which (``mask_size_source``). Masks are bounded (:data:`~anomalib_wsi.evaluation.masks.MAX_MASK_PIXELS`): a
+  size beyond any scanner's (a vertex far off the slide, say) is refused with one line.
 
 Slide ids match folders and files case-insensitively (``Test_001`` in ``reference.csv`` is ``test_001``).
 
@@ -24,6 +28,7 @@ Outputs in ``<output>``: ``report.json``, ``report.md``, ``per_slide.csv``, ``ro
 from __future__ import annotations
 
 import csv
+import io
 import json
 import logging
 import math
@@ -49,20 +54,33 @@ from anomalib_wsi.evaluation.froc import (
     evaluate_slide_froc,
     growth_threshold_px,
 )
-from anomalib_wsi.evaluation.labels import EvaluationError, read_slide_labels
+from anomalib_wsi.evaluation.labels import EvaluationError, read_slide_labels, read_text_file
+from anomalib_wsi.evaluation.masks import (
+    MAX_MASK_PIXELS,
+    GroundTruth,
+    MaskSizeSource,
+    load_ground_truth,
+    read_mask_tiff,
+)
 from anomalib_wsi.evaluation.slide_metrics import bootstrap_auc_ci, plot_froc_curve, plot_roc_curve, slide_auc
 
 __all__ = [
     "EXCLUDED_FROM_FROC",
     "EXCLUDED_SLIDES",
+    "MAX_N_BOOT",
     "EvaluationReport",
+    "check_options",
+    "check_output_folder",
     "evaluate",
     "evaluate_command",
     "find_ground_truth",
+    "ground_truth",
     "ground_truth_mask",
     "read_detections",
     "read_mask_tiff",
     "read_slide_score",
+    "read_slide_size",
+    "slide_size_for",
     "write_report",
 ]
 
@@ -72,6 +90,9 @@ logger = logging.getLogger(__name__)
 EXCLUDED_SLIDES = frozenset({"test_049"})
 #: Left out of the lesion FROC unless ``keep_excluded``: test_114 is not exhaustively annotated.
 EXCLUDED_FROM_FROC = frozenset({"test_049", "test_114"})
+
+#: Most bootstrap resamples of the slide-AUC interval (memory stays bounded: resamples are drawn in chunks).
+MAX_N_BOOT = 100_000
 
 _VECTOR_SUFFIXES = (".xml", ".geojson", ".json")
 _MASK_SUFFIXES = (".tif", ".tiff")
@@ -95,20 +116,20 @@ def read_detections(path: str | Path) -> np.ndarray:
         msg = f"{path}: detections file not found; run anomalib-wsi predict, which writes it for every slide"
         raise EvaluationError(msg)
     rows: list[tuple[float, float, float]] = []
-    with path.open(newline="", encoding="utf-8-sig") as handle:
-        for number, row in enumerate(csv.reader(handle), start=1):
-            cells = [c.strip() for c in row]
-            if not any(cells):
-                continue
-            try:
-                confidence, x, y = (float(c) for c in cells)
-            except ValueError:
-                msg = f"{path}, line {number}: expected 'confidence,x,y' numbers, got {','.join(row)!r}"
-                raise EvaluationError(msg) from None
-            if not (math.isfinite(confidence) and math.isfinite(x) and math.isfinite(y)) or confidence < 0:
-                msg = f"{path}, line {number}: confidence must be a non-negative number and x, y finite"
-                raise EvaluationError(msg)
-            rows.append((confidence, x, y))
+    text = read_text_file(path, "detections file", "the confidence,x,y CSV that anomalib-wsi predict writes")
+    for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        try:
+            confidence, x, y = (float(c) for c in cells)
+        except ValueError:
+            msg = f"{path}, line {number}: expected 'confidence,x,y' numbers, got {','.join(row)!r}"
+            raise EvaluationError(msg) from None
+        if not (math.isfinite(confidence) and math.isfinite(x) and math.isfinite(y)) or confidence < 0:
+            msg = f"{path}, line {number}: confidence must be a non-negative number and x, y finite"
+            raise EvaluationError(msg)
+        rows.append((confidence, x, y))
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
 
 
@@ -122,8 +143,9 @@ def read_slide_score(path: str | Path) -> float:
     if not path.is_file():
         msg = f"{path}: summary.json not found; run anomalib-wsi predict, which writes it for every slide"
         raise EvaluationError(msg)
+    text = read_text_file(path, "summary.json", "the summary.json that anomalib-wsi predict writes")
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
+        data = json.loads(text)
         score = float(data["slide_score"])
     except (json.JSONDecodeError, KeyError, TypeError, ValueError):
         msg = f"{path}: no numeric 'slide_score' in this JSON; re-run anomalib-wsi predict for this slide"
@@ -193,57 +215,95 @@ def _find_slide(slide_id: str, folders: list[Path], exclude: Path | None = None)
     return None
 
 
-def _mask_shape(size_lv0: tuple[int, int], downsample: int) -> tuple[int, int]:
-    width, height = size_lv0
-    return math.ceil(height / downsample), math.ceil(width / downsample)
-
-
-def read_mask_tiff(path: str | Path, downsample: int = EVALUATION_DOWNSAMPLE) -> np.ndarray:
-    """A ground-truth mask TIFF as a boolean mask at ``downsample`` (tumour = value 1 or 255).
-
-    The pyramid level whose size matches ``downsample`` is read as is (Camelyon16 masks have one at level 5);
-    otherwise the nearest finer level is resized with nearest-neighbour sampling (a mask without a pyramid is
-    read whole: keep such files small). Colour masks use channel 0.
+def read_slide_size(path: str | Path) -> tuple[int, int] | None:
+    """The slide's level-0 ``(width, height)`` recorded in a prediction ``summary.json`` (``slide_size_lv0``).
 
     Returns:
-        Boolean (ceil(H / downsample), ceil(W / downsample)) mask, H x W the mask's level-0 size.
-
-    Raises:
-        EvaluationError: the file cannot be read as a TIFF.
+        The size, or ``None`` when the file or the key is missing (predictions of older versions) or the value
+        is not two positive integers.
     """
-    import cv2
-    import tifffile
-
     path = Path(path)
     try:
-        with tifffile.TiffFile(path) as tif:
-            base = tif.series[0].levels[0]
-            width0, height0 = base.shape[base.axes.index("X")], base.shape[base.axes.index("Y")]
-            # Pyramid levels (SubIFDs or reduced-resolution pages) and any other page of the same aspect ratio.
-            candidates = []
-            for series in tif.series:
-                for level in series.levels:
-                    width, height = level.shape[level.axes.index("X")], level.shape[level.axes.index("Y")]
-                    if abs(width / height - width0 / height0) <= 0.02 * width0 / height0:
-                        candidates.append((width0 / width, level))
-            # The coarsest level no coarser than the target.
-            chosen = max((c for c in candidates if c[0] <= downsample * 1.01), key=lambda c: c[0])[1]
-            array = chosen.asarray()
-            axes = chosen.axes
-    except (OSError, ValueError, IndexError, tifffile.TiffFileError) as err:
-        msg = f"{path}: cannot read this mask TIFF ({type(err).__name__}: {err}); pass a tumour mask TIFF or ASAP XML"
-        raise EvaluationError(msg) from None
-    if array.ndim > 2:  # channels (or other axes): keep Y, X and the first of the rest, as the official code does
-        array = np.moveaxis(array, (axes.index("Y"), axes.index("X")), (0, 1))
-        array = array.reshape(array.shape[0], array.shape[1], -1)[..., 0]
-    unexpected = [int(v) for v in np.unique(array) if v not in (0, 1, 255)]
-    if unexpected:
-        logger.warning("%s: mask values %s are not 0, 1 or 255; only 1 and 255 are tumour", path, unexpected[:5])
-    mask = ((array == 1) | (array == 255)).astype(np.uint8)
-    target = _mask_shape((width0, height0), downsample)
-    if mask.shape != target:
-        mask = cv2.resize(mask, (target[1], target[0]), interpolation=cv2.INTER_NEAREST)
-    return mask.astype(bool)
+        value = json.loads(path.read_text(encoding="utf-8")).get("slide_size_lv0")
+    except (OSError, UnicodeDecodeError, json.JSONDecodeError, AttributeError):
+        return None
+    if (
+        isinstance(value, list)
+        and len(value) == 2
+        and all(isinstance(v, int) and not isinstance(v, bool) and v > 0 for v in value)
+    ):
+        return int(value[0]), int(value[1])
+    return None
+
+
+def slide_size_for(
+    path: str | Path,
+    slides: str | Path | None = None,
+    summary: str | Path | None = None,
+    warnings: list[str] | None = None,
+) -> tuple[tuple[int, int] | None, MaskSizeSource]:
+    """Level-0 ``(width, height)`` for the mask of a ground-truth file, and where it came from.
+
+    In that order: the slide with the file's stem in ``slides``, else beside the file (a slide there that
+    openslide cannot open is skipped with a warning); the ``slide_size_lv0`` of the prediction's ``summary``;
+    else ``(None, "annotation extent")``.
+    """
+    from anomalib_wsi.slide.reader import Slide
+
+    path = Path(path)
+    explicit = _find_slide(path.stem, [Path(slides)]) if slides is not None else None
+    if explicit is not None:
+        with Slide(explicit) as slide:
+            return (int(slide.dimensions[0]), int(slide.dimensions[1])), "slide"
+    beside = _find_slide(path.stem, [path.parent], exclude=path)
+    if beside is not None:
+        try:
+            with Slide(beside) as slide:
+                return (int(slide.dimensions[0]), int(slide.dimensions[1])), "slide"
+        except SlideOpenError as err:
+            text = f"{err}; the mask size comes from elsewhere"
+            if warnings is not None:
+                warnings.append(text)
+            logger.warning(text)
+    if summary is not None:
+        size = read_slide_size(summary)
+        if size is not None:
+            return size, "summary.json"
+    return None, "annotation extent"
+
+
+def ground_truth(
+    path: str | Path,
+    slides: str | Path | None = None,
+    downsample: int = EVALUATION_DOWNSAMPLE,
+    mpp: float = CAMELYON16_MPP,
+    summary: str | Path | None = None,
+    max_pixels: int = MAX_MASK_PIXELS,
+) -> GroundTruth:
+    """The evaluation mask of a ground-truth file, sized as :func:`slide_size_for` finds the slide.
+
+    Args:
+        path: ASAP XML, QuPath GeoJSON or a mask TIFF.
+        slides: folder of slides; the slide with the file's stem there (else beside the file) gives the mask size.
+        downsample: downsample of the mask relative to level 0 (32: Camelyon16 level 5).
+        mpp: level-0 spacing of the protocol, used for the margin when the size comes from the annotation extent.
+        summary: the slide's prediction ``summary.json``, whose ``slide_size_lv0`` is the next choice.
+        max_pixels: largest mask built; a larger one is refused with one line.
+
+    Returns:
+        The :class:`~anomalib_wsi.evaluation.masks.GroundTruth` (mask, size, where the size came from, warnings),
+        made as ASAP made the Camelyon16 masks (see :mod:`anomalib_wsi.evaluation.masks`).
+    """
+    path = Path(path)
+    if path.suffix.lower() in _MASK_SUFFIXES:
+        return load_ground_truth(path, downsample=downsample, max_pixels=max_pixels)
+    warnings: list[str] = []
+    size, source = slide_size_for(path, slides, summary, warnings)
+    result = load_ground_truth(path, size, source, downsample, mpp, max_pixels)
+    result.warnings[:0] = warnings
+    if source == "annotation extent":
+        logger.debug("%s: no slide file found; mask size %s from the annotation extent", path, result.size_lv0)
+    return result
 
 
 def ground_truth_mask(
@@ -251,52 +311,16 @@ def ground_truth_mask(
     slides: str | Path | None = None,
     downsample: int = EVALUATION_DOWNSAMPLE,
     mpp: float = CAMELYON16_MPP,
+    summary: str | Path | None = None,
 ) -> np.ndarray:
-    """The boolean tumour mask (tumour minus non-tumour regions) of a ground-truth file at ``downsample``.
-
-    Args:
-        path: ASAP XML, QuPath GeoJSON or a mask TIFF.
-        slides: folder of slides; the slide with the file's stem there (else beside the file) gives the mask size.
-        downsample: downsample of the mask relative to level 0 (32: Camelyon16 level 5).
-        mpp: level-0 spacing of the protocol, used for the margin when the size comes from the annotation extent.
+    """The boolean tumour mask of a ground-truth file at ``downsample`` (see :func:`ground_truth`).
 
     Returns:
-        Boolean (H, W) mask, (ceil(height / downsample), ceil(width / downsample)) of the slide; without a slide,
-        the annotation extent from the origin plus a margin wider than the lesion growth.
+        Boolean (H, W) mask, ``(floor(height / downsample), floor(width / downsample))`` of the slide; without a
+        slide or a recorded slide size, the annotation extent from the origin plus a margin wider than the lesion
+        growth.
     """
-    path = Path(path)
-    if path.suffix.lower() in _MASK_SUFFIXES:
-        return read_mask_tiff(path, downsample)
-    from anomalib_wsi.annotations import read_annotations
-    from anomalib_wsi.annotations.labels import region_mask
-    from anomalib_wsi.slide.reader import Slide
-
-    size_lv0: tuple[int, int] | None = None
-    explicit = _find_slide(path.stem, [Path(slides)]) if slides is not None else None
-    if explicit is not None:
-        with Slide(explicit) as slide:
-            size_lv0 = slide.dimensions
-    else:
-        beside = _find_slide(path.stem, [path.parent], exclude=path)
-        if beside is not None:
-            try:
-                with Slide(beside) as slide:
-                    size_lv0 = slide.dimensions
-            except SlideOpenError as err:
-                logger.warning("%s; using the annotation extent for the mask size", err)
-    if size_lv0 is not None:
-        annotations = read_annotations(path, slide_size=size_lv0)
-    else:
-        annotations = read_annotations(path)
-        region = annotations.region
-        margin = 2 * downsample * (math.ceil(growth_threshold_px(mpp, downsample)) + 1)
-        if region.is_empty:
-            size_lv0 = (downsample, downsample)
-        else:
-            _, _, max_x, max_y = region.bounds
-            size_lv0 = (math.ceil(max_x) + margin, math.ceil(max_y) + margin)
-        logger.debug("%s: no slide file found; mask size %s from the annotation extent", path, size_lv0)
-    return np.asarray(region_mask(annotations, size_lv0, downsample), dtype=bool)
+    return ground_truth(path, slides, downsample, mpp, summary).mask
 
 
 # -- the evaluation ---------------------------------------------------------------------------------------------
@@ -365,6 +389,30 @@ class EvaluationReport:
         }
 
 
+def check_options(n_boot: int = 1000, mpp: float = CAMELYON16_MPP, seed: int = 0) -> None:
+    """Refuse, in one line naming the option, an evaluation setting out of range.
+
+    Raises:
+        EvaluationError: ``n_boot`` is not an integer from 1 to :data:`MAX_N_BOOT`, ``mpp`` is not a positive
+            finite number, or ``seed`` is negative.
+    """
+    if isinstance(n_boot, bool) or not isinstance(n_boot, int | np.integer) or not 1 <= n_boot <= MAX_N_BOOT:
+        msg = (
+            f"--n-boot {n_boot}: the bootstrap needs 1 to {MAX_N_BOOT:,} resamples (1,000 give a stable 95% "
+            "interval); pass e.g. --n-boot 1000"
+        )
+        raise EvaluationError(msg)
+    if isinstance(mpp, bool) or not isinstance(mpp, int | float | np.number) or not (math.isfinite(mpp) and mpp > 0):
+        msg = (
+            f"--mpp {mpp}: the level-0 spacing must be a positive number of µm per pixel; pass 0.243 for "
+            "Camelyon16 or the slides' own spacing (e.g. 0.5)"
+        )
+        raise EvaluationError(msg)
+    if isinstance(seed, bool) or not isinstance(seed, int | np.integer) or seed < 0:
+        msg = f"seed {seed}: the bootstrap seed must be a non-negative integer; pass e.g. seed=0"
+        raise EvaluationError(msg)
+
+
 def evaluate(
     predictions: str | Path,
     annotations: str | Path,
@@ -383,16 +431,18 @@ def evaluate(
         labels: slide labels (``slide_id,label`` CSV or Camelyon16's ``reference.csv``).
         slides: folder of slides, for the size of the masks rasterised from vector ground truth.
         keep_excluded: keep test_049 and test_114, which Camelyon16 excludes (see the module docstring).
-        n_boot: bootstrap resamples for the AUC interval.
-        seed: bootstrap seed.
-        mpp: level-0 spacing assumed by the FROC protocol (Camelyon16: 0.243 µm for every slide).
+        n_boot: bootstrap resamples for the AUC interval, 1 to :data:`MAX_N_BOOT`.
+        seed: bootstrap seed (a non-negative integer).
+        mpp: level-0 spacing assumed by the FROC protocol (Camelyon16: 0.243 µm for every slide); positive.
 
     Returns:
         The :class:`EvaluationReport`.
 
     Raises:
-        EvaluationError: a labelled slide has no predictions, or an input file cannot be read.
+        EvaluationError: an option is out of range, a labelled slide has no predictions, an input file cannot be
+            read, or a ground-truth mask would exceed :data:`~anomalib_wsi.evaluation.masks.MAX_MASK_PIXELS`.
     """
+    check_options(n_boot=n_boot, mpp=mpp, seed=seed)
     predictions, annotations = Path(predictions), Path(annotations)
     slide_labels = read_slide_labels(labels)
     if not annotations.is_dir():
@@ -418,7 +468,7 @@ def evaluate(
 
     warnings: list[str] = []
     rows: list[dict[str, Any]] = []
-    froc_inputs: list[tuple[dict[str, Any], np.ndarray, Path | None]] = []
+    froc_inputs: list[tuple[dict[str, Any], np.ndarray, Path | None, Path]] = []
     for slide_id, label in slide_labels.items():
         row: dict[str, Any] = {
             "slide_id": slide_id,
@@ -433,6 +483,8 @@ def evaluate(
             "lesions_detected": None,
             "false_positives": None,
             "itc_hits": None,
+            "mask_size_source": None,
+            "mask_size_lv0": None,
             "note": "",
         }
         rows.append(row)
@@ -458,14 +510,20 @@ def evaluate(
             continue
         row["in_froc"] = True
         row["ground_truth"] = gt_path.name if gt_path is not None else None
-        froc_inputs.append((row, detections, gt_path))
+        froc_inputs.append((row, detections, gt_path, folder / "summary.json"))
 
     froc: FROCResult | None = None
     if froc_inputs:
 
         def _slides() -> Iterator[SlideFROC]:
-            for row, detections, gt_path in tqdm(froc_inputs, desc="FROC", unit="slide"):
-                mask = None if gt_path is None else ground_truth_mask(gt_path, slides, EVALUATION_DOWNSAMPLE, mpp)
+            for row, detections, gt_path, summary in tqdm(froc_inputs, desc="FROC", unit="slide"):
+                mask = None
+                if gt_path is not None:
+                    truth = ground_truth(gt_path, slides, EVALUATION_DOWNSAMPLE, mpp, summary)
+                    mask = truth.mask
+                    row["mask_size_source"] = truth.size_source
+                    row["mask_size_lv0"] = list(truth.size_lv0)
+                    warnings.extend(f"{row['slide_id']}: {w}" for w in truth.warnings)
                 result = evaluate_slide_froc(row["slide_id"], detections, mask, mpp, EVALUATION_DOWNSAMPLE)
                 row.update(
                     lesions=result.num_lesions,
@@ -500,6 +558,8 @@ def evaluate(
         "mpp_lv0": mpp,
         "evaluation_level": EVALUATION_LEVEL,
         "evaluation_downsample": EVALUATION_DOWNSAMPLE,
+        "mask_rule": "ASAP AnnotationToMask, nearest-neighbour pyramid: level-5 pixel (r, c) is the winding-number "
+        "test of level-0 point (32c, 32r); floor size; tumour groups first, then non-tumour groups clear",
         "lesion_merge_distance_um": GROWTH_UM,
         "growth_threshold_px": growth_threshold_px(mpp),
         "itc_major_axis_um": ITC_MAJOR_AXIS_UM,
@@ -583,8 +643,34 @@ def write_report(report: EvaluationReport, output: str | Path) -> dict[str, Path
 
     Returns:
         The paths written, by name.
+
+    Raises:
+        EvaluationError: ``output`` is a file, or the report cannot be written there.
+    """
+    output = check_output_folder(output)
+    try:
+        return _write_report(report, output)
+    except OSError as err:
+        msg = f"--output {output}: cannot write the report ({err.strerror or err}); pass a writable folder"
+        raise EvaluationError(msg) from None
+
+
+def check_output_folder(output: str | Path) -> Path:
+    """``output`` as a path, refused in one line when it (or a folder above it) is an existing file.
+
+    Raises:
+        EvaluationError: ``output`` or one of its parents exists and is not a folder.
     """
     output = Path(output)
+    for candidate in (output, *output.parents):
+        if candidate.exists() and not candidate.is_dir():
+            where = "is a file" if candidate == output else f"lies under the file {candidate}"
+            msg = f"--output {output}: {where}, not a folder; pass a folder for the report (created when missing)"
+            raise EvaluationError(msg)
+    return output
+
+
+def _write_report(report: EvaluationReport, output: Path) -> dict[str, Path]:
     output.mkdir(parents=True, exist_ok=True)
     written: dict[str, Path] = {}
     written["report.json"] = output / "report.json"
@@ -642,7 +728,12 @@ def evaluate_command(
 
     Returns:
         0.
+
+    Raises:
+        EvaluationError: an option is out of range, ``output`` is a file, or an input cannot be used (one line each).
     """
+    check_options(n_boot=n_boot, mpp=mpp, seed=seed)
+    check_output_folder(output)
     report = evaluate(predictions, annotations, labels, slides, keep_excluded, n_boot=n_boot, seed=seed, mpp=mpp)
     written = write_report(report, output)
     data = report.to_dict()

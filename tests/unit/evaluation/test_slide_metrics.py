@@ -50,3 +50,18 @@ def test_figures_are_written_as_png(tmp_path):
     for path in (roc, froc):
         with Image.open(path) as image:
             assert image.format == "PNG" and image.width > 300 and image.height > 300
+
+
+def test_bootstrap_in_chunks_keeps_the_interval(monkeypatch):
+    # Resamples are drawn in chunks so that memory stays flat for any n_boot; 7 resamples a chunk here
+    from anomalib_wsi.evaluation import slide_metrics
+
+    rng = np.random.default_rng(1)
+    labels = np.r_[np.zeros(80, int), np.ones(49, int)]
+    scores = rng.normal(size=129) + 1.2 * labels
+    whole = bootstrap_auc_ci(labels, scores, n_boot=2000, seed=0)
+    monkeypatch.setattr(slide_metrics, "_BOOT_CHUNK_VALUES", 7 * 129)
+    chunked = bootstrap_auc_ci(labels, scores, n_boot=2000, seed=0)
+    assert chunked != whole  # other draws ...
+    np.testing.assert_allclose(chunked, whole, atol=0.015)  # ... the same interval within Monte-Carlo error
+    assert bootstrap_auc_ci(labels, scores, n_boot=2000, seed=0) == chunked
