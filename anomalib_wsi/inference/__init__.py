@@ -12,10 +12,14 @@
 
 from __future__ import annotations
 
-from anomalib_wsi.inference.checkpoint import load_model, trained_checkpoint
-from anomalib_wsi.inference.distributed import default_num_workers, distributed_rank
-from anomalib_wsi.inference.engine import WSIEngine
-from anomalib_wsi.inference.settings import PredictionRun, PredictionSettings, SlideFailure, SlidePrediction
+import importlib
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from anomalib_wsi.inference.checkpoint import load_model, trained_checkpoint
+    from anomalib_wsi.inference.distributed import default_num_workers, distributed_rank
+    from anomalib_wsi.inference.engine import WSIEngine
+    from anomalib_wsi.inference.settings import PredictionRun, PredictionSettings, SlideFailure, SlidePrediction
 
 __all__ = [
     "PredictionRun",
@@ -28,3 +32,23 @@ __all__ = [
     "load_model",
     "trained_checkpoint",
 ]
+
+# imported on first use, so that the command line's --help does not load anomalib and torch
+_LAZY = {
+    "load_model": "checkpoint",
+    "trained_checkpoint": "checkpoint",
+    "default_num_workers": "distributed",
+    "distributed_rank": "distributed",
+    "WSIEngine": "engine",
+    "PredictionRun": "settings",
+    "PredictionSettings": "settings",
+    "SlideFailure": "settings",
+    "SlidePrediction": "settings",
+}
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(f"anomalib_wsi.inference.{_LAZY[name]}"), name)
+    msg = f"module 'anomalib_wsi.inference' has no attribute {name!r}"
+    raise AttributeError(msg)
