@@ -2,14 +2,18 @@
 
 Sub-commands are built with jsonargparse, as anomalib's own CLI is: one module of this package per command, each
 with ``parser()`` and ``run(**options)``, a thin layer over a Python function whose heavy imports happen only when
-the command runs, so that ``anomalib-wsi --help`` stays fast. A user mistake
-(a :class:`~anomalib_wsi.errors.WSIError`) prints one line and exits with status 2, never a traceback.
+the command runs, so that ``anomalib-wsi --help`` stays fast.
+
+A user mistake (a :class:`~anomalib_wsi.errors.WSIError`: a bad file, option or checkpoint) prints one line and
+exits with status 2, never a traceback. Anything else is a bug: one line saying so and exit status 1, with the
+traceback under ``--debug`` (or ``ANOMALIB_WSI_DEBUG=1``).
 """
 
 from __future__ import annotations
 
 import importlib
 import logging
+import os
 import sys
 from collections.abc import Sequence
 from typing import Any
@@ -29,6 +33,9 @@ def build_parser() -> ArgumentParser:
     """The ``anomalib-wsi`` parser with one sub-command per entry of the command table."""
     parser = ArgumentParser(prog="anomalib-wsi", description="Whole-slide metastasis detection with anomalib.")
     parser.add_argument("-v", "--verbose", action="store_true", help="show debug logging")
+    parser.add_argument(
+        "--debug", action="store_true", help="show the traceback of an unexpected error (also ANOMALIB_WSI_DEBUG=1)"
+    )
     subcommands = parser.add_subcommands(dest="command")
     for name in COMMANDS:
         sub = importlib.import_module(f"anomalib_wsi.cli.{name}").parser()
@@ -51,6 +58,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except KeyboardInterrupt:
         print(f"anomalib-wsi {name}: interrupted; outputs written so far are kept", file=sys.stderr)
         return 130
+    except Exception as err:
+        if cfg.debug or os.environ.get("ANOMALIB_WSI_DEBUG", "") not in {"", "0"}:
+            raise
+        first = (str(err).strip().splitlines() or [""])[0]
+        print(
+            f"anomalib-wsi {name}: unexpected error ({type(err).__name__}: {first}); this is a bug, not your input: "
+            "run again with --debug for the traceback and report it",
+            file=sys.stderr,
+        )
+        return 1
     return int(status or 0)
 
 

@@ -56,7 +56,8 @@ def predict_command(
     channels_last: bool = False,
     compile: bool = False,
 ) -> int:
-    """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed (on any rank)."""
+    """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed (on any rank) or the run
+    tables could not be written."""
     import torch
     import torch.distributed as dist
 
@@ -92,7 +93,7 @@ def predict_command(
         len(run.failures),
         Path(output) / "summary.csv",
     )
-    failed = len(run.failures)
+    failed = len(run.failures) + bool(run.tables_error)
     if dist.is_available() and dist.is_initialized():
         total = torch.tensor([failed])
         dist.all_reduce(total)

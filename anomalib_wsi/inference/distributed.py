@@ -16,7 +16,7 @@ from typing import Any
 import pandas as pd
 
 from anomalib_wsi.inference.settings import SlideFailure, SlidePrediction
-from anomalib_wsi.io import atomic_path, atomic_write_text
+from anomalib_wsi.io import atomic_write_csv, atomic_write_text
 
 __all__ = [
     "FAILURE_COLUMNS",
@@ -24,7 +24,6 @@ __all__ = [
     "default_num_workers",
     "distributed_rank",
     "process_group_ready",
-    "spreadsheet_safe",
     "write_run_tables",
 ]
 
@@ -32,15 +31,6 @@ logger = logging.getLogger(__name__)
 
 SUMMARY_COLUMNS = ["slide_id", "slide_path", "slide_score", "n_tiles", "n_lesions", "mpp", "status"]
 FAILURE_COLUMNS = ["slide_path", "slide_id", "stage", "error"]
-
-
-def spreadsheet_safe(text: str) -> str:
-    """A text cell that spreadsheets show as text: a leading ``=``, ``+``, ``-``, ``@``, tab or CR gets a ``'``.
-
-    Slide names and error messages reach ``summary.csv`` / ``failures.csv``; a name like ``=HYPERLINK(...)`` would
-    otherwise run as a formula when the table is opened in Excel or LibreOffice (OWASP "CSV injection").
-    """
-    return f"'{text}" if text[:1] in {"=", "+", "-", "@", "\t", "\r"} else text
 
 
 def default_num_workers() -> int:
@@ -96,7 +86,7 @@ def write_run_tables(
     With several ranks each one writes its part to ``.ranks/``. With a process group (torchrun, Lightning) the
     ranks wait for each other and rank 0 merges every part; without one (plain SLURM tasks) each rank merges the
     parts it finds, so the rank that finishes last writes tables that cover the whole run. Text cells are made
-    :func:`spreadsheet_safe`.
+    spreadsheet-safe (:func:`~anomalib_wsi.io.spreadsheet_safe`).
 
     Raises:
         OSError: a table cannot be written (the caller reports it).
@@ -119,14 +109,10 @@ def write_run_tables(
     def write(summary_rows: list[dict[str, Any]], failure_rows: list[dict[str, str]]) -> None:
         summary = pd.DataFrame(summary_rows, columns=SUMMARY_COLUMNS)
         summary = summary.sort_values("slide_id", key=lambda c: c.map(lambda v: position.get(v, len(position))))
-        failed = pd.DataFrame(failure_rows, columns=FAILURE_COLUMNS)
-        for table, columns in ((summary, ("slide_id", "slide_path")), (failed, FAILURE_COLUMNS)):
-            for column in columns:
-                table[column] = table[column].astype(str).map(spreadsheet_safe)
-        with atomic_path(output_dir / "summary.csv", suffix=".csv") as tmp:
-            summary.to_csv(tmp, index=False)
-        with atomic_path(output_dir / "failures.csv", suffix=".csv") as tmp:
-            failed.to_csv(tmp, index=False)
+        atomic_write_csv(output_dir / "summary.csv", summary, ("slide_id", "slide_path"))
+        atomic_write_csv(
+            output_dir / "failures.csv", pd.DataFrame(failure_rows, columns=FAILURE_COLUMNS), tuple(FAILURE_COLUMNS)
+        )
 
     if world <= 1:
         write(rows, failure_rows)

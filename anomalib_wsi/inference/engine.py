@@ -19,6 +19,8 @@ with the failures and the streaming figures. Without ``slides`` it behaves as an
 from __future__ import annotations
 
 import logging
+import math
+import re
 import time
 from collections.abc import Iterator, Sequence
 from pathlib import Path
@@ -36,17 +38,24 @@ from anomalib_wsi.inference.forward import LaunchedBatch, TileForward
 from anomalib_wsi.inference.loader import SlideJob, make_tile_loader, stored_tile_lv0
 from anomalib_wsi.inference.resume import load_finished, post_processor_settings, run_fingerprint, slide_fingerprint
 from anomalib_wsi.inference.settings import (
+    PRECISIONS,
     PREDICT_MIN_TISSUE,
     PredictionRun,
     PredictionSettings,
     SlideFailure,
     SlidePrediction,
 )
-from anomalib_wsi.post_processing.outputs import clear_slide_outputs, write_slide_outputs
-from anomalib_wsi.slide.reader import Slide, list_slides
+from anomalib_wsi.io import remove_stale_temporaries
+from anomalib_wsi.post_processing.outputs import OUTPUT_FILES, clear_slide_outputs, write_slide_outputs
+from anomalib_wsi.slide.ids import printable, slide_id_from_path, slide_output_dir
+from anomalib_wsi.slide.reader import Slide, find_slides
 from anomalib_wsi.slide.tiling import TilingConfig, load_or_tile
 
 __all__ = ["WSIEngine", "resolve_slides"]
+
+#: The files a slide folder holds, and the run's tables (their leftover temporaries are cleared at the start).
+SLIDE_FILES = (*OUTPUT_FILES.values(), "tiles.csv", "tiles.json")
+RUN_TABLES = ("summary.csv", "failures.csv")
 
 logger = logging.getLogger(__name__)
 
@@ -63,7 +72,8 @@ class WSIEngine(Engine):
         num_workers: DataLoader workers reading tiles (each with its own slide handles); None:
             :func:`~anomalib_wsi.inference.distributed.default_num_workers`.
         device: "auto" (CUDA when available), "cpu" or "cuda[:N]".
-        precision: "32", "bf16" or "16"; autocast on the device.
+        precision: "32", "bf16" or "16" (or Lightning's spellings); autocast on the device for prediction, and
+            the Trainer's precision for training.
         compile_model: wrap the torch model in ``torch.compile`` (GPU; the first batches are slower).
         progress: show progress bars.
         channels_last: run the network channels-last (faster convolutions on GPUs); None: the model's setting.
@@ -80,14 +90,24 @@ class WSIEngine(Engine):
         batch_size: int = 32,
         num_workers: int | None = None,
         device: str = "auto",
-        precision: str = "32",
+        precision: str | int = "32",
         compile_model: bool = False,
         progress: bool = True,
         channels_last: bool | None = None,
         **kwargs: Any,
     ) -> None:
+        precision = str(precision)
+        if precision not in {"32", "32-true"}:  # training through this engine runs at the same precision
+            kwargs.setdefault("precision", {"bf16": "bf16-mixed", "16": "16-mixed"}.get(precision, precision))
         super().__init__(**kwargs)
-        self.batch_size = batch_size
+        _check_whole(batch_size, "batch size", "--batch-size", minimum=1)
+        if num_workers is not None:
+            _check_whole(num_workers, "number of tile-reading workers", "--num-workers", minimum=0)
+        _check_device(device)
+        if precision not in PRECISIONS:
+            msg = f"precision must be 32, bf16 or 16, got {precision!r} (--precision)"
+            raise WSIError(msg)
+        self.batch_size = int(batch_size)
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
         self.device_name = device
         self.precision = precision
@@ -134,6 +154,21 @@ class WSIEngine(Engine):
         """
         if slides is None:
             return super().predict(model=model, ckpt_path=ckpt_path, **kwargs)
+        output_dir = Path(output_dir)
+        if output_dir.exists() and not output_dir.is_dir():
+            msg = f"{output_dir}: exists and is not a folder; choose another output folder (--output)"
+            raise WSIError(msg)
+        if lesion_threshold is not None and not 0 <= lesion_threshold <= 1:
+            msg = f"lesion threshold must be in 0-1 (a normalised score; 0.5 is the learnt one), got {lesion_threshold}"
+            raise WSIError(msg)
+        if not 0 <= min_tissue <= 1:
+            msg = f"min_tissue must be a tissue fraction in 0-1, got {min_tissue} (--min-tissue)"
+            raise WSIError(msg)
+        if stride_px is not None:
+            _check_whole(stride_px, "stride", "--stride", minimum=1)
+        if slide_mpp is not None and not (math.isfinite(slide_mpp) and slide_mpp > 0):
+            msg = f"slide mpp must be a positive number of µm per pixel, got {slide_mpp} (--slide-mpp)"
+            raise WSIError(msg)
         module, data_settings = load_model(model, ckpt_path)
         if lesion_threshold is not None:
             module.post_processor.lesion_threshold = float(lesion_threshold)
@@ -145,10 +180,11 @@ class WSIEngine(Engine):
                 min_tissue=min_tissue,
             )
         except ValueError as err:
-            raise WSIError(str(err)) from None
+            raise WSIError(str(err).replace("TilingConfig.", "")) from None
         settings = PredictionSettings(tiling=tiling, slide_mpp=slide_mpp, precision=self.precision)
         ckpt = Path(ckpt_path) if ckpt_path else None
-        self.last_run = self._predict_slides(module, ckpt, resolve_slides(slides), Path(output_dir), settings)
+        slide_paths, problems = resolve_slides(slides)
+        self.last_run = self._predict_slides(module, ckpt, slide_paths, output_dir, settings, problems)
         return self.last_run
 
     # -- the four steps ---------------------------------------------------------------------------------------------
@@ -159,22 +195,39 @@ class WSIEngine(Engine):
         slide_paths: list[tuple[Path, float | None]],
         output_dir: Path,
         settings: PredictionSettings,
+        problems: list[tuple[Path, str]] | None = None,
     ) -> PredictionRun:
-        output_dir.mkdir(parents=True, exist_ok=True)
+        try:
+            output_dir.mkdir(parents=True, exist_ok=True)
+        except OSError as err:
+            msg = f"{output_dir}: cannot create the output folder ({err.strerror}); choose another one (--output)"
+            raise WSIError(msg) from None
+        remove_stale_temporaries(output_dir, RUN_TABLES)
         # several processes (torchrun, SLURM): each rank owns whole slides, so no tile crosses ranks
         rank, world, _ = distributed_rank()
-        all_ids = [path.stem for path, _ in slide_paths]
+        all_ids = [printable(path.stem) for path, _ in slide_paths]
         if world > 1:
             slide_paths = slide_paths[rank::world]
             logger.info("rank %d of %d: %d of the slides", rank, world, len(slide_paths))
         run = PredictionRun()
+        if rank == 0:  # inputs that named no slide (an empty folder, a broken link): one failure each
+            run.failures.extend(
+                SlideFailure(path, printable(path.stem), "finding", error) for path, error in problems or []
+            )
         fingerprint = run_fingerprint(ckpt_path, module, settings)
         jobs, order = self._plan(slide_paths, output_dir, settings, fingerprint, run)
         run.extend(self._stream(module, jobs, settings, ckpt_path, run))
         run.sort(key=lambda r: order.get(r.slide_id, len(order)))  # the order the slides were given in
-        write_run_tables(output_dir, list(run), run.failures, all_ids, rank, world)
-        for failure in run.failures:
+        for failure in run.failures:  # before the tables: a folder that cannot take them must not hide these
             logger.error("%s failed (%s): %s", failure.slide_id, failure.stage, failure.error)
+        try:
+            write_run_tables(output_dir, list(run), run.failures, all_ids, rank, world)
+        except OSError as err:
+            run.tables_error = (
+                f"{output_dir}: cannot write summary.csv / failures.csv ({err.strerror}); the slides' own folders "
+                "hold what was written, and running the same command again resumes"
+            )
+            logger.error("%s", run.tables_error)
         return run
 
     def _plan(
@@ -190,7 +243,12 @@ class WSIEngine(Engine):
         seen: dict[str, Path] = {}
         bar = tqdm(slide_paths, desc="tiling", unit="slide", disable=not self.progress, leave=False)
         for slide_path, manifest_mpp in bar:
-            slide_id = slide_path.stem
+            try:  # an id that cannot name a folder, or a folder that would leave the output: refused
+                slide_id = slide_id_from_path(slide_path)
+                out_dir = slide_output_dir(output_dir, slide_id, source=slide_path)
+            except WSIError as err:
+                run.failures.append(SlideFailure(slide_path, printable(slide_path.stem), "finding", str(err)))
+                continue
             if slide_id in seen:  # both would write <output>/<slide_id>/
                 if seen[slide_id].resolve() != slide_path.resolve():
                     msg = (
@@ -200,18 +258,21 @@ class WSIEngine(Engine):
                     run.failures.append(SlideFailure(slide_path, slide_id, "tiling", msg))
                 continue
             seen[slide_id] = slide_path
-            out_dir = output_dir / slide_id
+            remove_stale_temporaries(out_dir, SLIDE_FILES)
             slide_key = slide_fingerprint(fingerprint, slide_path, manifest_mpp)
             done = load_finished(out_dir, slide_key, slide_path)
             if done is not None:
                 logger.info("%s: outputs exist for this checkpoint and settings; skipped", slide_id)
                 run.append(done)
                 continue
-            clear_slide_outputs(out_dir)
             try:
+                clear_slide_outputs(out_dir)
                 job = self._tile(slide_path, manifest_mpp, out_dir, settings)
             except WSIError as err:
                 run.failures.append(SlideFailure(slide_path, slide_id, "tiling", str(err)))
+            except OSError as err:
+                error = f"{out_dir}: cannot write the slide's tile table ({err.strerror}); check permissions and space"
+                run.failures.append(SlideFailure(slide_path, slide_id, "tiling", error))
             except Exception as err:  # one bad slide must not stop the batch
                 run.failures.append(SlideFailure(slide_path, slide_id, "tiling", f"{type(err).__name__}: {err}"))
             else:
@@ -233,6 +294,7 @@ class WSIEngine(Engine):
             thumbnail, thumb_ds = tissue.thumbnail, tissue.downsample
         else:
             thumbnail, thumb_ds = slide.read_thumbnail(target_mpp=8.0)
+        del tissue
         job = SlideJob(
             slide_path=slide_path,
             slide_id=slide.slide_id,
@@ -243,7 +305,7 @@ class WSIEngine(Engine):
             slide_size_lv0=slide.dimensions,
             mpp=slide.mpp,
             stride_lv0=settings.stride_px * plan.tile_size_lv0 / tiling.tile_size_px,
-            thumbnail=thumbnail,
+            thumbnail=encode_thumbnail(thumbnail),
             thumbnail_downsample=thumb_ds,
             stored_tile_lv0=stored_tile_lv0(slide, plan.level),
         )
@@ -360,12 +422,15 @@ class WSIEngine(Engine):
                 yield self._write(module, job, settings, ckpt_path)
             except WSIError as err:
                 run.failures.append(SlideFailure(job.slide_path, job.slide_id, "writing", str(err)))
+            except OSError as err:  # a full disk, a folder made read-only: this slide fails, the run goes on
+                error = f"{job.out_dir}: cannot write the slide's outputs ({err.strerror}); check permissions and space"
+                run.failures.append(SlideFailure(job.slide_path, job.slide_id, "writing", error))
             except Exception as err:  # one bad slide must not stop the batch
                 logger.exception("%s: unexpected error while writing outputs", job.slide_id)
                 error = f"{type(err).__name__}: {err}"
                 run.failures.append(SlideFailure(job.slide_path, job.slide_id, "writing", error))
         finally:
-            job.accumulator = None  # free the heatmap of a finished slide
+            job.release()  # memory stays flat over a run of many slides
 
     def _write(
         self, module: Any, job: SlideJob, settings: PredictionSettings, ckpt_path: Path | None
@@ -401,7 +466,7 @@ class WSIEngine(Engine):
             result.lesions,
             result.detections,
             summary,
-            job.thumbnail,
+            decode_thumbnail(job.thumbnail),
             job.thumbnail_downsample,
         )
         return SlidePrediction(
@@ -426,22 +491,68 @@ class WSIEngine(Engine):
         return torch.device(self.device_name)
 
 
-def resolve_slides(slides: str | Path | Sequence[str | Path]) -> list[tuple[Path, float | None]]:
-    """Slide files, folders of slides and manifest CSVs as ``(slide path, manifest mpp or None)`` pairs."""
+def resolve_slides(
+    slides: str | Path | Sequence[str | Path],
+) -> tuple[list[tuple[Path, float | None]], list[tuple[Path, str]]]:
+    """Slide files, folders of slides and manifest CSVs as ``(slide path, manifest mpp or None)`` pairs.
+
+    Returns:
+        The pairs, and the inputs that gave no slide with the reason (a folder without slides, a broken link):
+        each becomes that input's failure, never a silent skip nor the end of the run.
+    """
     items = [slides] if isinstance(slides, str | Path) else list(slides)
     resolved: list[tuple[Path, float | None]] = []
+    problems: list[tuple[Path, str]] = []
     for item in items:
         path = Path(item)
         if path.suffix.lower() == ".csv" and path.is_file():
             from anomalib_wsi.data.datamodule import read_manifest
 
             resolved.extend((r.slide_path, r.mpp) for r in read_manifest(path))
-        elif path.is_dir():
-            found = list_slides(path)
-            if not found:
-                msg = f"{path}: no slides found in this folder; pass slide files, a folder of slides or a manifest CSV"
-                raise WSIError(msg)
-            resolved.extend((p, None) for p in found)
-        else:
-            resolved.append((path, None))
-    return resolved
+            continue
+        found = find_slides(path)
+        resolved.extend((p, None) for p in found.slides)
+        problems.extend(found.problems)
+    return resolved, problems
+
+
+def encode_thumbnail(thumbnail: np.ndarray) -> bytes:
+    """A thumbnail kept as PNG bytes (lossless, a tenth of the memory) while its slide waits for its tiles."""
+    import cv2
+
+    ok, data = cv2.imencode(".png", thumbnail, [cv2.IMWRITE_PNG_COMPRESSION, 1])
+    if not ok:  # pragma: no cover - cv2 encodes any uint8 image
+        msg = "cannot encode the slide thumbnail"
+        raise RuntimeError(msg)
+    return data.tobytes()
+
+
+def decode_thumbnail(data: bytes) -> np.ndarray:
+    """The thumbnail of :func:`encode_thumbnail`, pixel for pixel."""
+    import cv2
+
+    image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if image is None:  # pragma: no cover - only bytes of encode_thumbnail reach here
+        msg = "cannot decode the slide thumbnail"
+        raise RuntimeError(msg)
+    return np.asarray(image)
+
+
+def _check_whole(value: object, what: str, option: str, minimum: int) -> None:
+    if isinstance(value, bool) or not isinstance(value, int | np.integer) or value < minimum:
+        msg = f"{what} must be a whole number of at least {minimum}, got {value!r} ({option})"
+        raise WSIError(msg)
+
+
+def _check_device(device: str) -> None:
+    if not isinstance(device, str) or not re.fullmatch(r"auto|cpu|cuda(:\d+)?", device):
+        msg = f"device must be auto, cpu, cuda or cuda:N, got {device!r} (--device)"
+        raise WSIError(msg)
+    if device.startswith("cuda"):
+        if not torch.cuda.is_available():
+            msg = f"device {device} asked for, but no CUDA GPU is visible to this process; use --device cpu (or auto)"
+            raise WSIError(msg)
+        index = int(device.split(":")[1]) if ":" in device else 0
+        if index >= torch.cuda.device_count():
+            msg = f"device {device} asked for, but only {torch.cuda.device_count()} CUDA GPU(s) are visible"
+            raise WSIError(msg)

@@ -208,7 +208,8 @@ class SlideJob:
     """One slide of a prediction run: what to read (plan, tile table) and its state while it streams.
 
     ``accumulator`` (the heatmap being stitched), ``done`` (tiles scored) and ``error`` (the first unreadable tile)
-    change as batches come back; the thumbnail is dropped once the slide's outputs are written.
+    change as batches come back. The thumbnail waits PNG-encoded (a tenth of the pixels' memory); :meth:`release`
+    drops the per-slide state once the slide's outputs are written, so a run's memory does not grow with its slides.
     """
 
     slide_path: Path
@@ -220,7 +221,7 @@ class SlideJob:
     slide_size_lv0: tuple[int, int]
     mpp: float
     stride_lv0: float
-    thumbnail: np.ndarray
+    thumbnail: bytes
     thumbnail_downsample: float
     stored_tile_lv0: float = 0.0  # height of the file's own tiles at the level read, level-0 px (0: unknown)
     fingerprint: str = ""
@@ -229,6 +230,12 @@ class SlideJob:
     done: int = 0
     error: str = ""
     started: float = field(default_factory=time.perf_counter)
+
+    def release(self) -> None:
+        """Drop the heatmap, the thumbnail and the tile table of a finished slide."""
+        self.accumulator = None
+        self.thumbnail = b""
+        self.table = self.table.iloc[:0]
 
 
 def make_tile_loader(

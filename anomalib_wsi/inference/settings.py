@@ -127,6 +127,7 @@ class PredictionRun(list[SlidePrediction]):
         stage_seconds: where the main process spent the streaming time (``wait_tiles``, ``launch``,
             ``wait_device``, ``stitch``, ``outputs``).
         tiles_per_second: streaming rate over the tiles scored in this run (NaN when none was scored).
+        tables_error: why ``summary.csv`` / ``failures.csv`` could not be written ("" when they were).
     """
 
     def __init__(
@@ -140,3 +141,4 @@ class PredictionRun(list[SlidePrediction]):
         self.failures: list[SlideFailure] = list(failures or [])
         self.stage_seconds: dict[str, float] = dict(stage_seconds or {})
         self.tiles_per_second = float(tiles_per_second)
+        self.tables_error = ""
