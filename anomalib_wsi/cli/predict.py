@@ -36,6 +36,15 @@ def parser() -> ArgumentParser:
     p.add_argument(
         "--min-tissue", type=float, default=PREDICT_MIN_TISSUE, help="minimum tissue fraction of a scored tile"
     )
+    p.add_argument(
+        "--tile-objects", action="store_true", help="also write tiles.geojson.gz: tile scores as QuPath tile objects"
+    )
+    p.add_argument(
+        "--heatmap-tiff",
+        default=None,
+        choices=["uint8", "float32", "rgba"],
+        help="also write heatmap.tif, a pyramidal overlay aligned with the slide (QuPath, ASAP, openslide)",
+    )
     p.add_argument("--channels-last", action="store_true", help="channels-last network (faster on GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU; slow first batches)")
     return p
@@ -55,6 +64,8 @@ def predict_command(
     min_tissue: float = PREDICT_MIN_TISSUE,
     channels_last: bool = False,
     compile: bool = False,
+    tile_objects: bool = False,
+    heatmap_tiff: str | None = None,
 ) -> int:
     """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed (on any rank) or the run
     tables could not be written."""
@@ -85,6 +96,8 @@ def predict_command(
         slide_mpp=slide_mpp,
         lesion_threshold=threshold,
         min_tissue=min_tissue,
+        tile_objects=tile_objects or None,
+        heatmap_tiff=heatmap_tiff,
     )
     logger.info(
         "%d slides predicted (%d skipped as done), %d failed; summary in %s",

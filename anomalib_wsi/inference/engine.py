@@ -46,7 +46,8 @@ from anomalib_wsi.inference.settings import (
     SlidePrediction,
 )
 from anomalib_wsi.io import remove_stale_temporaries
-from anomalib_wsi.post_processing.outputs import OUTPUT_FILES, clear_slide_outputs, write_slide_outputs
+from anomalib_wsi.post_processing.outputs import OPTIONAL_FILES, OUTPUT_FILES, clear_slide_outputs, write_slide_outputs
+from anomalib_wsi.post_processing.overlay import HEATMAP_TIFF_MODES
 from anomalib_wsi.slide.ids import printable, slide_id_from_path, slide_output_dir
 from anomalib_wsi.slide.reader import Slide, find_slides
 from anomalib_wsi.slide.tiling import TilingConfig, load_or_tile
@@ -54,7 +55,7 @@ from anomalib_wsi.slide.tiling import TilingConfig, load_or_tile
 __all__ = ["WSIEngine", "resolve_slides"]
 
 #: The files a slide folder holds, and the run's tables (their leftover temporaries are cleared at the start).
-SLIDE_FILES = (*OUTPUT_FILES.values(), "tiles.csv", "tiles.json")
+SLIDE_FILES = (*OUTPUT_FILES.values(), *OPTIONAL_FILES.values(), "tiles.csv", "tiles.json")
 RUN_TABLES = ("summary.csv", "failures.csv")
 
 logger = logging.getLogger(__name__)
@@ -129,6 +130,8 @@ class WSIEngine(Engine):
         min_tissue: float = PREDICT_MIN_TISSUE,
         slide_mpp: float | None = None,
         lesion_threshold: float | None = None,
+        tile_objects: bool | None = None,
+        heatmap_tiff: str | None = None,
         **kwargs: Any,
     ) -> PredictionRun | Any:
         """Predict whole slides (or, without ``slides``, anything anomalib's ``Engine.predict`` takes).
@@ -145,6 +148,9 @@ class WSIEngine(Engine):
             min_tissue: minimum tissue fraction of a scored tile.
             slide_mpp: level-0 mpp for slides that record none.
             lesion_threshold: override the post-processor's lesion threshold (normalised score, 0-1).
+            tile_objects: override the post-processor's ``tile_objects`` (write ``tiles.geojson.gz``).
+            heatmap_tiff: override the post-processor's ``heatmap_tiff`` ("uint8", "float32", "rgba": write
+                ``heatmap.tif``).
             **kwargs: with ``slides=None``, passed to anomalib's ``Engine.predict``.
 
         Returns:
@@ -169,9 +175,17 @@ class WSIEngine(Engine):
         if slide_mpp is not None and not (math.isfinite(slide_mpp) and slide_mpp > 0):
             msg = f"slide mpp must be a positive number of µm per pixel, got {slide_mpp} (--slide-mpp)"
             raise WSIError(msg)
+        if heatmap_tiff is not None and heatmap_tiff not in HEATMAP_TIFF_MODES:
+            msg = f"heatmap TIFF mode must be one of {', '.join(HEATMAP_TIFF_MODES)}, got {heatmap_tiff!r}"
+            raise WSIError(msg)
         module, data_settings = load_model(model, ckpt_path)
+        post = module.post_processor
         if lesion_threshold is not None:
-            module.post_processor.lesion_threshold = float(lesion_threshold)
+            post.lesion_threshold = float(lesion_threshold)
+        if tile_objects is not None:
+            post.tile_objects = bool(tile_objects)
+        if heatmap_tiff is not None:
+            post.heatmap_tiff = heatmap_tiff
         try:
             tiling = TilingConfig(
                 mpp=float(mpp if mpp is not None else data_settings.get("mpp", 0.5)),
@@ -468,6 +482,8 @@ class WSIEngine(Engine):
             summary,
             decode_thumbnail(job.thumbnail),
             job.thumbnail_downsample,
+            post_processor=module.post_processor,
+            raw_heatmap=raw,
         )
         return SlidePrediction(
             slide_id=job.slide_id,

@@ -8,7 +8,13 @@ Per slide, ``<output>/<slide_id>/`` holds
 - ``detections.csv``: Camelyon16 detections, no header, ``confidence,x,y`` (integer level-0 x, y), written even
   when empty;
 - ``summary.json``: slide score, counts, mpp, settings, timings and the resume fingerprint; written last, so its
-  presence marks the slide done.
+  presence marks the slide done;
+
+and, when the post-processor asks for them (``tile_objects``, ``heatmap_tiff``):
+
+- ``tiles.geojson.gz``: the heatmap as QuPath tile objects with ``anomaly_score`` / ``raw_score`` measurements
+  (QuPath: Measure > Show measurement maps);
+- ``heatmap.tif``: a tiled pyramidal TIFF of the heatmap aligned with the slide (its mpp scaled in the TIFF).
 
 The engine writes through :func:`write_slide_outputs`; resume reads back with :func:`read_slide_outputs`; the
 evaluation reads :func:`read_detections` and :func:`read_slide_score`. Every file is written atomically.
@@ -32,6 +38,7 @@ from anomalib_wsi.post_processing.lesions import Lesion, write_detections_csv, w
 from anomalib_wsi.post_processing.stitch import Heatmap
 
 __all__ = [
+    "OPTIONAL_FILES",
     "OUTPUT_FILES",
     "PredictionFileError",
     "SlideOutputs",
@@ -53,6 +60,10 @@ OUTPUT_FILES = {
     "detections": "detections.csv",
     "summary": "summary.json",
 }
+
+
+#: Files written only when the post-processor asks for them; ``summary.json`` lists those written (``extra_files``).
+OPTIONAL_FILES = {"tile_objects": "tiles.geojson.gz", "heatmap_tiff": "heatmap.tif"}
 
 
 class PredictionFileError(WSIError):
@@ -88,6 +99,8 @@ def clear_slide_outputs(slide_dir: str | Path) -> None:
     paths = output_paths(slide_dir)
     for key in ("summary", *(k for k in paths if k != "summary")):
         paths[key].unlink(missing_ok=True)
+    for name in OPTIONAL_FILES.values():
+        (Path(slide_dir) / name).unlink(missing_ok=True)
 
 
 def write_slide_outputs(
@@ -98,6 +111,8 @@ def write_slide_outputs(
     summary: dict[str, Any],
     thumbnail: np.ndarray,
     thumbnail_downsample: float,
+    post_processor: Any = None,
+    raw_heatmap: Heatmap | None = None,
 ) -> dict[str, Path]:
     """Write a slide's prediction files; ``summary.json`` last, so that it marks the slide done.
 
@@ -109,9 +124,12 @@ def write_slide_outputs(
         summary: the content of ``summary.json`` (``slide_id`` and ``slide_score`` are used for the PNG title).
         thumbnail: RGB thumbnail of the slide for ``heatmap.png``.
         thumbnail_downsample: level-0 px per thumbnail pixel.
+        post_processor: the model's post-processor; its ``tile_objects`` / ``heatmap_tiff`` settings ask for the
+            optional files.
+        raw_heatmap: the heatmap of raw scores (``raw_score`` of the tile objects).
 
     Returns:
-        The files written, by key of :data:`OUTPUT_FILES`.
+        The files written, by key of :data:`OUTPUT_FILES` and :data:`OPTIONAL_FILES`.
     """
     from anomalib_wsi.post_processing.render import render_heatmap_png
 
@@ -129,8 +147,39 @@ def write_slide_outputs(
         lesions=lesions,
         title=f"{summary['slide_id']}  slide score {float(summary['slide_score']):.3f}",
     )
+    paths.update(_write_optional(Path(slide_dir), heatmap, raw_heatmap, summary, post_processor))
+    summary = {**summary, "extra_files": sorted(p.name for k, p in paths.items() if k in OPTIONAL_FILES)}
     atomic_write_text(paths["summary"], json.dumps(summary, indent=2, default=float))
     return paths
+
+
+def _write_optional(
+    slide_dir: Path, heatmap: Heatmap, raw_heatmap: Heatmap | None, summary: dict[str, Any], post: Any
+) -> dict[str, Path]:
+    written: dict[str, Path] = {}
+    if getattr(post, "tile_objects", False):
+        from anomalib_wsi.post_processing.tile_objects import write_tile_objects
+
+        written["tile_objects"] = write_tile_objects(
+            slide_dir / OPTIONAL_FILES["tile_objects"],
+            heatmap,
+            raw_heatmap,
+            cells_per_object=max(1, int(getattr(post, "heatmap_cells_per_tile", 1) or 1)),
+            threshold=float(post.lesion_threshold),
+        )
+    mode = getattr(post, "heatmap_tiff", None)
+    if mode:
+        from anomalib_wsi.post_processing.overlay import write_heatmap_tiff
+
+        written["heatmap_tiff"] = write_heatmap_tiff(
+            slide_dir / OPTIONAL_FILES["heatmap_tiff"],
+            heatmap,
+            slide_mpp=float(summary["mpp"]),
+            slide_size_lv0=tuple(summary["slide_size_lv0"]),
+            level_downsample=float(post.heatmap_tiff_downsample),
+            mode=mode,
+        )
+    return written
 
 
 def read_summary(path: str | Path) -> dict[str, Any]:
@@ -233,11 +282,14 @@ def read_slide_outputs(slide_dir: str | Path) -> SlideOutputs:
         PredictionFileError: a file is missing or unreadable.
     """
     paths = output_paths(slide_dir)
+    summary = read_summary(paths["summary"])
+    for key, name in OPTIONAL_FILES.items():
+        if name in summary.get("extra_files", []):
+            paths[key] = Path(slide_dir) / name
     missing = [p.name for p in paths.values() if not p.exists()]
     if missing:
         msg = f"{slide_dir}: {', '.join(missing)} missing; re-run anomalib-wsi predict for this slide"
         raise PredictionFileError(msg)
-    summary = read_summary(paths["summary"])
     try:
         heatmap = Heatmap(
             values=np.load(paths["heatmap_npy"]),

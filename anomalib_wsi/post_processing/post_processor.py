@@ -37,6 +37,7 @@ from anomalib_wsi.post_processing.lesions import (
     extract_lesions,
 )
 from anomalib_wsi.post_processing.lesions import slide_score as compute_slide_score
+from anomalib_wsi.post_processing.overlay import HEATMAP_TIFF_MODES
 from anomalib_wsi.post_processing.stitch import Heatmap, HeatmapAccumulator
 
 __all__ = ["SlideResult", "WSIPostProcessor"]
@@ -53,6 +54,9 @@ _SLIDE_KEYS = (
     "slide_score",
     "top_k",
     "heatmap_cells_per_tile",
+    "tile_objects",
+    "heatmap_tiff",
+    "heatmap_tiff_downsample",
 )
 
 
@@ -113,6 +117,11 @@ class WSIPostProcessor(PostProcessor):
         top_k: number of cells averaged by ``slide_score="topk"``.
         heatmap_cells_per_tile: heatmap cells per tile side; 1 gives one cell per tile stride from tile scores,
             more asks the engine to paste per-tile anomaly maps at that finer resolution.
+        tile_objects: also write ``tiles.geojson.gz``, the heatmap as QuPath tile objects (one per tile stride,
+            ``anomaly_score`` and ``raw_score`` measurements) for QuPath's measurement maps.
+        heatmap_tiff: also write ``heatmap.tif``, a pyramidal TIFF overlay aligned with the slide: "uint8"
+            (0-255 = 0-1, opens in openslide, QuPath, ASAP), "float32" or "rgba" (colour-mapped); None: none.
+        heatmap_tiff_downsample: level-0 pixels per ``heatmap.tif`` pixel (a whole number keeps ASAP's scale).
         enable_normalization: as in anomalib's PostProcessor.
         enable_thresholding: as in anomalib's PostProcessor.
         enable_threshold_matching: as in anomalib's PostProcessor.
@@ -137,6 +146,9 @@ class WSIPostProcessor(PostProcessor):
         slide_score: str = "max",
         top_k: int = 10,
         heatmap_cells_per_tile: int = 1,
+        tile_objects: bool = False,
+        heatmap_tiff: str | None = None,
+        heatmap_tiff_downsample: float = 16.0,
         enable_normalization: bool = True,
         enable_thresholding: bool = True,
         enable_threshold_matching: bool = True,
@@ -164,6 +176,9 @@ class WSIPostProcessor(PostProcessor):
         self.slide_score = str(slide_score)
         self.top_k = int(top_k)
         self.heatmap_cells_per_tile = int(heatmap_cells_per_tile)
+        self.tile_objects = bool(tile_objects)
+        self.heatmap_tiff = None if heatmap_tiff in (None, "", "none") else str(heatmap_tiff)
+        self.heatmap_tiff_downsample = float(heatmap_tiff_downsample)
         self._validate()
         self._warned_identity = False
 
@@ -177,6 +192,10 @@ class WSIPostProcessor(PostProcessor):
             problems.append(f"heatmap_cells_per_tile={self.heatmap_cells_per_tile} (use 1 or more)")
         if self.nms_radius_um < 0 or self.min_lesion_area_um2 < 0:
             problems.append("nms_radius_um and min_lesion_area_um2 must not be negative")
+        if self.heatmap_tiff is not None and self.heatmap_tiff not in HEATMAP_TIFF_MODES:
+            problems.append(f"heatmap_tiff={self.heatmap_tiff!r} (use None or one of {', '.join(HEATMAP_TIFF_MODES)})")
+        if not self.heatmap_tiff_downsample >= 1:
+            problems.append(f"heatmap_tiff_downsample={self.heatmap_tiff_downsample} (use 1 or more)")
         if self.simplify_tolerance_px_lv0 is not None and self.simplify_tolerance_px_lv0 < 0:
             problems.append(f"simplify_tolerance_px_lv0={self.simplify_tolerance_px_lv0} (use None or >= 0)")
         if problems:

@@ -29,6 +29,9 @@ CHANGED = {
     "slide_score": "topk",
     "top_k": 3,
     "heatmap_cells_per_tile": 2,
+    "tile_objects": True,
+    "heatmap_tiff": "uint8",
+    "heatmap_tiff_downsample": 32.0,
 }
 STATISTICS = {"image_threshold", "image_min", "image_max", "pixel_threshold", "pixel_min", "pixel_max"}
 
