@@ -28,7 +28,6 @@ Outputs in ``<output>``: ``report.json``, ``report.md``, ``per_slide.csv``, ``ro
 from __future__ import annotations
 
 import csv
-import io
 import json
 import logging
 import math
@@ -54,7 +53,7 @@ from anomalib_wsi.evaluation.froc import (
     evaluate_slide_froc,
     growth_threshold_px,
 )
-from anomalib_wsi.evaluation.labels import EvaluationError, read_slide_labels, read_text_file
+from anomalib_wsi.evaluation.labels import EvaluationError, read_slide_labels
 from anomalib_wsi.evaluation.masks import (
     MAX_MASK_PIXELS,
     GroundTruth,
@@ -63,6 +62,7 @@ from anomalib_wsi.evaluation.masks import (
     read_mask_tiff,
 )
 from anomalib_wsi.evaluation.slide_metrics import bootstrap_auc_ci, plot_froc_curve, plot_roc_curve, slide_auc
+from anomalib_wsi.post_processing.outputs import read_detections, read_slide_score
 
 __all__ = [
     "EXCLUDED_FROM_FROC",
@@ -99,61 +99,7 @@ _MASK_SUFFIXES = (".tif", ".tiff")
 _MASK_NAME_ENDINGS = ("", "_mask", "_evaluation_mask")
 
 
-# -- reading predictions ----------------------------------------------------------------------------------------
-
-
-def read_detections(path: str | Path) -> np.ndarray:
-    """Read a Camelyon16 detections CSV (no header, ``confidence,x,y`` in level-0 pixels; may be empty).
-
-    Returns:
-        ``(N, 3)`` float64 array ``confidence, x, y``.
-
-    Raises:
-        EvaluationError: the file is missing or a row is not three numbers with a non-negative confidence.
-    """
-    path = Path(path)
-    if not path.is_file():
-        msg = f"{path}: detections file not found; run anomalib-wsi predict, which writes it for every slide"
-        raise EvaluationError(msg)
-    rows: list[tuple[float, float, float]] = []
-    text = read_text_file(path, "detections file", "the confidence,x,y CSV that anomalib-wsi predict writes")
-    for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
-        cells = [c.strip() for c in row]
-        if not any(cells):
-            continue
-        try:
-            confidence, x, y = (float(c) for c in cells)
-        except ValueError:
-            msg = f"{path}, line {number}: expected 'confidence,x,y' numbers, got {','.join(row)!r}"
-            raise EvaluationError(msg) from None
-        if not (math.isfinite(confidence) and math.isfinite(x) and math.isfinite(y)) or confidence < 0:
-            msg = f"{path}, line {number}: confidence must be a non-negative number and x, y finite"
-            raise EvaluationError(msg)
-        rows.append((confidence, x, y))
-    return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
-
-
-def read_slide_score(path: str | Path) -> float:
-    """The ``slide_score`` of a prediction ``summary.json``.
-
-    Raises:
-        EvaluationError: the file is missing, not JSON, or has no finite ``slide_score``.
-    """
-    path = Path(path)
-    if not path.is_file():
-        msg = f"{path}: summary.json not found; run anomalib-wsi predict, which writes it for every slide"
-        raise EvaluationError(msg)
-    text = read_text_file(path, "summary.json", "the summary.json that anomalib-wsi predict writes")
-    try:
-        data = json.loads(text)
-        score = float(data["slide_score"])
-    except (json.JSONDecodeError, KeyError, TypeError, ValueError):
-        msg = f"{path}: no numeric 'slide_score' in this JSON; re-run anomalib-wsi predict for this slide"
-        raise EvaluationError(msg) from None
-    if not math.isfinite(score):
-        msg = f"{path}: slide_score is {score}; re-run anomalib-wsi predict for this slide"
-        raise EvaluationError(msg)
-    return score
+# -- reading predictions (the prediction folder's own readers) ---------------------------------------------------
 
 
 def _prediction_folders(predictions: Path) -> dict[str, Path]:

@@ -23,6 +23,7 @@ evaluation reads :func:`read_detections` and :func:`read_slide_score`. Every fil
 from __future__ import annotations
 
 import csv
+import io
 import json
 import math
 from collections.abc import Sequence
@@ -193,8 +194,8 @@ def read_summary(path: str | Path) -> dict[str, Any]:
         msg = f"{path}: summary.json not found; run anomalib-wsi predict, which writes it for every slide"
         raise PredictionFileError(msg)
     try:
-        data = json.loads(path.read_text(encoding="utf-8"))
-    except (json.JSONDecodeError, UnicodeDecodeError, OSError):
+        data = json.loads(_read_text(path, "summary.json"))
+    except json.JSONDecodeError:
         msg = f"{path}: not a readable JSON file; re-run anomalib-wsi predict for this slide"
         raise PredictionFileError(msg) from None
     if not isinstance(data, dict):
@@ -235,25 +236,37 @@ def read_detections(path: str | Path) -> np.ndarray:
         msg = f"{path}: detections file not found; run anomalib-wsi predict, which writes it for every slide"
         raise PredictionFileError(msg)
     rows: list[tuple[float, float, float]] = []
-    try:
-        with path.open(newline="", encoding="utf-8-sig") as handle:
-            for number, row in enumerate(csv.reader(handle), start=1):
-                cells = [c.strip() for c in row]
-                if not any(cells):
-                    continue
-                try:
-                    confidence, x, y = (float(c) for c in cells)
-                except ValueError:
-                    msg = f"{path}, line {number}: expected 'confidence,x,y' numbers, got {','.join(row)!r}"
-                    raise PredictionFileError(msg) from None
-                if not (math.isfinite(confidence) and math.isfinite(x) and math.isfinite(y)) or confidence < 0:
-                    msg = f"{path}, line {number}: confidence must be a non-negative number and x, y finite"
-                    raise PredictionFileError(msg)
-                rows.append((confidence, x, y))
-    except UnicodeDecodeError:
-        msg = f"{path}: not a text CSV; re-run anomalib-wsi predict for this slide"
-        raise PredictionFileError(msg) from None
+    text = _read_text(path, "detections file")
+    for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
+        cells = [c.strip() for c in row]
+        if not any(cells):
+            continue
+        try:
+            confidence, x, y = (float(c) for c in cells)
+        except ValueError:
+            msg = f"{path}, line {number}: expected 'confidence,x,y' numbers, got {','.join(row)!r}"
+            raise PredictionFileError(msg) from None
+        if not (math.isfinite(confidence) and math.isfinite(x) and math.isfinite(y)) or confidence < 0:
+            msg = f"{path}, line {number}: confidence must be a non-negative number and x, y finite"
+            raise PredictionFileError(msg)
+        rows.append((confidence, x, y))
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
+
+
+def _read_text(path: Path, what: str) -> str:
+    """A small UTF-8 file of the prediction folder; unreadable or binary: one line that says to predict again."""
+    try:
+        data = path.read_bytes()
+    except OSError as err:
+        msg = f"{path}: cannot read this {what} ({err.strerror or err}); re-run anomalib-wsi predict for this slide"
+        raise PredictionFileError(msg) from None
+    try:
+        if b"\x00" in data:
+            raise UnicodeError("NUL byte")
+        return data.decode("utf-8-sig")
+    except UnicodeError:
+        msg = f"{path}: this {what} is binary, not UTF-8 text; re-run anomalib-wsi predict for this slide"
+        raise PredictionFileError(msg) from None
 
 
 def read_lesions(path: str | Path) -> list[Lesion]:

@@ -297,7 +297,7 @@ def test_binary_labels_and_detections_files_are_refused_in_one_line(cohort, caps
     assert main(_argv(cohort)) == 2
     err = capsys.readouterr().err
     assert "labels.csv: this labels file is binary, not UTF-8 text" in err and err.count("\n") == 1
-    with pytest.raises(EvaluationError, match="detections file is binary"):
+    with pytest.raises(WSIError, match="detections file is binary"):
         (cohort["root"] / "d.csv").write_bytes(b"0.5,1,2\n\x00\xff")
         read_detections(cohort["root"] / "d.csv")
 
