@@ -433,8 +433,8 @@ def _run(plan: dict[str, Any], settings: dict[str, Any], out: Path, paper_patche
     """Train, predict, evaluate (and with ``paper_patches`` the patch-level test); returns the comparison."""
     from anomalib_wsi.data.coordinates import patch_samples
     from anomalib_wsi.data.datamodule import WSIDataModule
-    from anomalib_wsi.engine import WSIEngine, trained_checkpoint
-    from anomalib_wsi.evaluation.report import evaluate_command
+    from anomalib_wsi.evaluation.report import evaluate, write_report
+    from anomalib_wsi.inference import WSIEngine, trained_checkpoint
     from anomalib_wsi.models.rd_focal import RDFocal
 
     if settings.get("seed_everything") is not None:
@@ -464,14 +464,14 @@ def _run(plan: dict[str, Any], settings: dict[str, Any], out: Path, paper_patche
     )
     predictor.predict(model=RDFocal, ckpt_path=ckpt, slides=plan["test_slides"], output_dir=out / "predictions")
     timings["predict_s"] = time.perf_counter() - start
-    evaluate_command(
-        predictions=str(out / "predictions"),
-        annotations=str(plan["annotations"]),
-        labels=str(plan["labels"]),
-        output=str(out / "evaluation"),
-        slides=str(plan["test_dir"]),
+    evaluation = evaluate(
+        predictions=out / "predictions",
+        annotations=plan["annotations"],
+        labels=plan["labels"],
+        slides=plan["test_dir"],
     )
-    report = json.loads((out / "evaluation" / "report.json").read_text())
+    write_report(evaluation, out / "evaluation")
+    report = evaluation.to_dict()
     comparison: dict[str, Any] = {
         "slide_auc": report.get("slide_auc"),
         "slide_auc_ci95": report.get("slide_auc_ci"),

@@ -8,6 +8,8 @@ from __future__ import annotations
 
 __all__ = [
     "AnnotationError",
+    "CohortError",
+    "EvaluationError",
     "SlideOpenError",
     "SlideReadError",
     "SlideResolutionError",
@@ -38,3 +40,11 @@ class SlideTooSmallError(WSIError):
 
 class AnnotationError(WSIError):
     """An annotation file cannot be read or makes no sense."""
+
+
+class CohortError(WSIError):
+    """A slide list, manifest or slide-label file cannot be read or makes no sense."""
+
+
+class EvaluationError(WSIError):
+    """An evaluation input (labels, predictions, ground truth) is missing or cannot be read."""

@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from jsonargparse import ArgumentParser
 
-__all__ = ["parser", "run"]
+__all__ = ["parser", "run", "synth_command"]
+
+logger = logging.getLogger(__name__)
 
 
 def parser() -> ArgumentParser:
@@ -22,6 +25,31 @@ def parser() -> ArgumentParser:
 
 def run(**options: Any) -> int:
     """Run the sub-command; returns the exit status."""
-    from anomalib_wsi.data.synthetic import synth_command
+    return synth_command(**options)
 
-    return int(synth_command(**options) or 0)
+
+def synth_command(output: str, slides: int = 6, seed: int = 0, size: int = 8192, mpp: float = 0.5) -> int:
+    """``anomalib-wsi synth``: write a synthetic cohort and log where it went.
+
+    Args:
+        output: cohort folder.
+        slides: number of slides.
+        seed: random seed.
+        size: side of each slide in level-0 pixels.
+        mpp: level-0 resolution in µm per pixel.
+
+    Returns:
+        0 on success.
+    """
+    from anomalib_wsi.data.synthetic import synthesize_cohort
+
+    cohort = synthesize_cohort(output, n_slides=slides, seed=seed, size_px=size, mpp=mpp, progress=True)
+    logger.info(
+        "wrote %d slides (%d tumour, %d normal) to %s; labels in %s",
+        len(cohort.slides),
+        len(cohort.tumour_slide_ids),
+        len(cohort.normal_slide_ids),
+        cohort.root / "slides",
+        cohort.labels_csv,
+    )
+    return 0

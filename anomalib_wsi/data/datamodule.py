@@ -13,9 +13,7 @@ the listed labels; the slides they name are the training slides, and the other s
 from __future__ import annotations
 
 import logging
-from dataclasses import dataclass
 from pathlib import Path
-from typing import Any
 
 import numpy as np
 import pandas as pd
@@ -26,6 +24,8 @@ from torch.utils.data import DataLoader
 from torchvision.transforms.v2 import Transform
 from tqdm.auto import tqdm
 
+from anomalib_wsi.cohort import ANNOTATION_EXTENSIONS, SlideRecord, find_annotation, read_manifest, read_slide_labels
+from anomalib_wsi.cohort import SPLITS as _SPLITS
 from anomalib_wsi.data.coordinates import (
     CoordinateSpec,
     coordinate_spec_strings,
@@ -35,99 +35,12 @@ from anomalib_wsi.data.coordinates import (
 )
 from anomalib_wsi.data.dataset import WSITileDataset
 from anomalib_wsi.errors import WSIError
-from anomalib_wsi.evaluation.labels import parse_label, read_slide_labels
 from anomalib_wsi.io import atomic_path
 from anomalib_wsi.slide.reader import SLIDE_EXTENSIONS, Slide, list_slides
 
 __all__ = ["ANNOTATION_EXTENSIONS", "SlideRecord", "WSIDataModule", "assign_splits", "read_manifest"]
 
 logger = logging.getLogger(__name__)
-
-#: Annotation files matched to slides by stem, in this order of preference.
-ANNOTATION_EXTENSIONS = (".xml", ".geojson", ".json")
-
-_SPLITS = ("train", "val", "test")
-
-
-@dataclass
-class SlideRecord:
-    """One slide of a cohort: where it is, its annotations, its label and split."""
-
-    slide_path: Path
-    annotation_path: Path | None = None
-    split: str | None = None
-    label: int | None = None
-    mpp: float | None = None
-
-    @property
-    def slide_id(self) -> str:
-        """The slide's file stem."""
-        return self.slide_path.stem
-
-
-def _parse_label(value: Any, source: Path) -> int | None:
-    """A manifest's optional ``label`` cell: the evaluation's spellings (tumor/normal, 1/0, ...), None when empty."""
-    if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
-        return None
-    text = str(int(value)) if isinstance(value, float) and value.is_integer() else str(value)
-    label = parse_label(text)
-    if label is None:
-        msg = f"{source}: unknown slide label {value!r}; use tumor/normal, 1/0 or tumor_tissue/normal_tissue"
-        raise WSIError(msg)
-    return label
-
-
-def find_annotation(annotation_dir: Path | None, slide_id: str) -> Path | None:
-    """The annotation file of a slide in ``annotation_dir`` (``<stem>.xml``, ``.geojson`` or ``.json``), if any."""
-    if annotation_dir is None:
-        return None
-    for ext in ANNOTATION_EXTENSIONS:
-        candidate = annotation_dir / f"{slide_id}{ext}"
-        if candidate.is_file():
-            return candidate
-    return None
-
-
-def read_manifest(path: str | Path, annotation_dir: Path | None = None) -> list[SlideRecord]:
-    """Read a CSV manifest ``slide_path[, annotation_path, split, label, mpp]`` (relative paths: from the CSV).
-
-    Raises:
-        WSIError: missing ``slide_path`` column, a listed file that does not exist, or an unknown split/label.
-    """
-    path = Path(path)
-    try:
-        table = pd.read_csv(path)
-    except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as err:
-        msg = f"{path}: not a readable CSV manifest ({str(err).splitlines()[0]}); expected columns slide_path,..."
-        raise WSIError(msg) from None
-    if "slide_path" not in table.columns:
-        msg = f"{path}: manifest needs a 'slide_path' column (optional: annotation_path, split, label, mpp)"
-        raise WSIError(msg)
-    records = []
-    for row in table.itertuples(index=False):
-        slide_path = Path(str(row.slide_path))
-        slide_path = slide_path if slide_path.is_absolute() else path.parent / slide_path
-        annotation = getattr(row, "annotation_path", None)
-        if isinstance(annotation, str) and annotation.strip():
-            annotation_path: Path | None = Path(annotation)
-            if not annotation_path.is_absolute():  # type: ignore[union-attr]
-                annotation_path = path.parent / annotation_path  # type: ignore[operator]
-            if not annotation_path.exists():  # type: ignore[union-attr]
-                msg = f"{path}: annotation file {annotation_path} listed for {slide_path.name} does not exist"
-                raise WSIError(msg)
-        else:
-            annotation_path = find_annotation(annotation_dir, slide_path.stem)
-        split = getattr(row, "split", None)
-        split = str(split).strip().lower() if isinstance(split, str) and split.strip() else None
-        if split is not None and split not in _SPLITS:
-            msg = f"{path}: split {split!r} for {slide_path.name} is not one of train/val/test"
-            raise WSIError(msg)
-        mpp = getattr(row, "mpp", None)
-        mpp = float(mpp) if mpp is not None and pd.notna(mpp) else None
-        records.append(
-            SlideRecord(slide_path, annotation_path, split, _parse_label(getattr(row, "label", None), path), mpp)
-        )
-    return records
 
 
 def assign_splits(records: list[SlideRecord], val_ratio: float, test_ratio: float, seed: int) -> list[SlideRecord]:

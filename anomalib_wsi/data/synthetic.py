@@ -51,7 +51,6 @@ __all__ = [
     "SynthOptionError",
     "SyntheticCohort",
     "SyntheticSlide",
-    "synth_command",
     "synthesize_cohort",
     "synthesize_slide",
 ]
@@ -856,28 +855,3 @@ def synthesize_cohort(
         normal_slide_ids=[k for k, s in details.items() if not s.is_tumour],
         slide_details=details,
     )
-
-
-def synth_command(output: str, slides: int = 6, seed: int = 0, size: int = 8192, mpp: float = 0.5) -> int:
-    """``anomalib-wsi synth``: write a synthetic cohort and log where it went.
-
-    Args:
-        output: cohort folder.
-        slides: number of slides.
-        seed: random seed.
-        size: side of each slide in level-0 pixels.
-        mpp: level-0 resolution in µm per pixel.
-
-    Returns:
-        0 on success.
-    """
-    cohort = synthesize_cohort(output, n_slides=slides, seed=seed, size_px=size, mpp=mpp, progress=True)
-    logger.info(
-        "wrote %d slides (%d tumour, %d normal) to %s; labels in %s",
-        len(cohort.slides),
-        len(cohort.tumour_slide_ids),
-        len(cohort.normal_slide_ids),
-        cohort.root / "slides",
-        cohort.labels_csv,
-    )
-    return 0

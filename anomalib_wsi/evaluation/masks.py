@@ -48,8 +48,8 @@ from typing import Literal, NamedTuple
 
 import numpy as np
 
+from anomalib_wsi.errors import EvaluationError
 from anomalib_wsi.evaluation.froc import CAMELYON16_MPP, EVALUATION_DOWNSAMPLE, growth_threshold_px
-from anomalib_wsi.evaluation.labels import EvaluationError
 
 __all__ = [
     "MAX_MASK_PIXELS",

@@ -5,7 +5,7 @@ Inputs:
 - predictions in the layout ``anomalib-wsi predict`` writes: ``<predictions>/<slide_id>/detections.csv`` (no
   header, ``confidence,x,y`` in level-0 pixels, may be empty) and ``<predictions>/<slide_id>/summary.json``
   (key ``slide_score``);
-- slide labels (:func:`~anomalib_wsi.evaluation.labels.read_slide_labels`);
+- slide labels (:func:`~anomalib_wsi.cohort.read_slide_labels`);
 - ground truth of tumour slides in ``<annotations>``: ``<slide_id>.xml`` (ASAP), ``.geojson`` / ``.json``
   (QuPath), or a mask TIFF ``<slide_id>.tif`` / ``<slide_id>_mask.tif`` (tumour 255, as the official scorer
   reads it), looked up in that order. Vector annotations become level-5 masks (downsample 32) exactly as ASAP
@@ -39,7 +39,8 @@ from typing import Any
 import numpy as np
 from tqdm import tqdm
 
-from anomalib_wsi.errors import SlideOpenError
+from anomalib_wsi.cohort import ANNOTATION_EXTENSIONS, read_slide_labels
+from anomalib_wsi.errors import EvaluationError, SlideOpenError
 from anomalib_wsi.evaluation.froc import (
     CAMELYON16_MPP,
     EVALUATION_DOWNSAMPLE,
@@ -53,7 +54,6 @@ from anomalib_wsi.evaluation.froc import (
     evaluate_slide_froc,
     growth_threshold_px,
 )
-from anomalib_wsi.evaluation.labels import EvaluationError, read_slide_labels
 from anomalib_wsi.evaluation.masks import (
     MAX_MASK_PIXELS,
     GroundTruth,
@@ -72,7 +72,6 @@ __all__ = [
     "check_options",
     "check_output_folder",
     "evaluate",
-    "evaluate_command",
     "find_ground_truth",
     "ground_truth",
     "ground_truth_mask",
@@ -94,7 +93,6 @@ EXCLUDED_FROM_FROC = frozenset({"test_049", "test_114"})
 #: Most bootstrap resamples of the slide-AUC interval (memory stays bounded: resamples are drawn in chunks).
 MAX_N_BOOT = 100_000
 
-_VECTOR_SUFFIXES = (".xml", ".geojson", ".json")
 _MASK_SUFFIXES = (".tif", ".tiff")
 _MASK_NAME_ENDINGS = ("", "_mask", "_evaluation_mask")
 
@@ -146,7 +144,9 @@ def find_ground_truth(annotations: str | Path, slide_id: str) -> Path | None:
 
 
 def _ground_truth_in(index: Mapping[str, list[Path]], slide_id: str) -> Path | None:
-    return _lookup(index, slide_id, _VECTOR_SUFFIXES) or _lookup(index, slide_id, _MASK_SUFFIXES, _MASK_NAME_ENDINGS)
+    return _lookup(index, slide_id, ANNOTATION_EXTENSIONS) or _lookup(
+        index, slide_id, _MASK_SUFFIXES, _MASK_NAME_ENDINGS
+    )
 
 
 def _find_slide(slide_id: str, folders: list[Path], exclude: Path | None = None) -> Path | None:
@@ -644,53 +644,3 @@ def _write_report(report: EvaluationReport, output: Path) -> dict[str, Path]:
     else:
         logger.info("froc.png not written: no lesion to detect")
     return written
-
-
-def evaluate_command(
-    predictions: str | Path,
-    annotations: str | Path,
-    labels: str | Path,
-    output: str | Path,
-    slides: str | Path | None = None,
-    keep_excluded: bool = False,
-    n_boot: int = 1000,
-    seed: int = 0,
-    mpp: float = CAMELYON16_MPP,
-) -> int:
-    """``anomalib-wsi evaluate``: evaluate a prediction folder and write the report (see the module docstring).
-
-    Args:
-        predictions: output folder of ``anomalib-wsi predict``.
-        annotations: folder of ground-truth ASAP XML / GeoJSON / mask TIFFs named after the slides.
-        labels: ``slide_id,label`` CSV or Camelyon16's ``reference.csv``.
-        output: folder for ``report.json``, ``report.md``, ``per_slide.csv``, ``roc.png``, ``froc.png``.
-        slides: folder of slides, for the size of the ground-truth masks.
-        keep_excluded: keep test_049 (duplicate, excluded from everything) and test_114 (not exhaustively
-            annotated, excluded from the FROC), which the Camelyon16 protocol leaves out.
-        n_boot: bootstrap resamples for the AUC interval.
-        seed: bootstrap seed.
-        mpp: level-0 spacing the FROC protocol assumes (Camelyon16: 0.243 µm/px for every slide); set the
-            slides' own spacing for other data (the synthetic demo: 0.5), so that 75 µm and 275 µm stay true.
-
-    Returns:
-        0.
-
-    Raises:
-        EvaluationError: an option is out of range, ``output`` is a file, or an input cannot be used (one line each).
-    """
-    check_options(n_boot=n_boot, mpp=mpp, seed=seed)
-    check_output_folder(output)
-    report = evaluate(predictions, annotations, labels, slides, keep_excluded, n_boot=n_boot, seed=seed, mpp=mpp)
-    written = write_report(report, output)
-    data = report.to_dict()
-    ci = data["slide_auc_ci"]
-    logger.info(
-        "slide AUC %s (95%% CI %s), FROC score %s over %d slides / %d lesions; report in %s",
-        _fmt(data["slide_auc"]),
-        f"{ci[0]:.3f}-{ci[1]:.3f}" if ci else "-",
-        _fmt(data["froc_score"]),
-        data["counts"]["froc_slides"],
-        data["counts"]["lesions"],
-        written["report.json"],
-    )
-    return 0

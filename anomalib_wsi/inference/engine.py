@@ -31,6 +31,7 @@ import torch
 from anomalib.engine import Engine
 from tqdm.auto import tqdm
 
+from anomalib_wsi.cohort import resolve_slides
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.inference.checkpoint import load_model
 from anomalib_wsi.inference.distributed import default_num_workers, distributed_rank, write_run_tables
@@ -49,10 +50,10 @@ from anomalib_wsi.io import remove_stale_temporaries
 from anomalib_wsi.post_processing.outputs import OPTIONAL_FILES, OUTPUT_FILES, clear_slide_outputs, write_slide_outputs
 from anomalib_wsi.post_processing.overlay import HEATMAP_TIFF_MODES
 from anomalib_wsi.slide.ids import printable, slide_id_from_path, slide_output_dir
-from anomalib_wsi.slide.reader import Slide, find_slides
+from anomalib_wsi.slide.reader import Slide
 from anomalib_wsi.slide.tiling import TilingConfig, load_or_tile
 
-__all__ = ["WSIEngine", "resolve_slides"]
+__all__ = ["WSIEngine"]
 
 #: The files a slide folder holds, and the run's tables (their leftover temporaries are cleared at the start).
 SLIDE_FILES = (*OUTPUT_FILES.values(), *OPTIONAL_FILES.values(), "tiles.csv", "tiles.json")
@@ -505,31 +506,6 @@ class WSIEngine(Engine):
         if self.device_name == "auto":
             return torch.device("cpu")
         return torch.device(self.device_name)
-
-
-def resolve_slides(
-    slides: str | Path | Sequence[str | Path],
-) -> tuple[list[tuple[Path, float | None]], list[tuple[Path, str]]]:
-    """Slide files, folders of slides and manifest CSVs as ``(slide path, manifest mpp or None)`` pairs.
-
-    Returns:
-        The pairs, and the inputs that gave no slide with the reason (a folder without slides, a broken link):
-        each becomes that input's failure, never a silent skip nor the end of the run.
-    """
-    items = [slides] if isinstance(slides, str | Path) else list(slides)
-    resolved: list[tuple[Path, float | None]] = []
-    problems: list[tuple[Path, str]] = []
-    for item in items:
-        path = Path(item)
-        if path.suffix.lower() == ".csv" and path.is_file():
-            from anomalib_wsi.data.datamodule import read_manifest
-
-            resolved.extend((r.slide_path, r.mpp) for r in read_manifest(path))
-            continue
-        found = find_slides(path)
-        resolved.extend((p, None) for p in found.slides)
-        problems.extend(found.problems)
-    return resolved, problems
 
 
 def encode_thumbnail(thumbnail: np.ndarray) -> bytes:

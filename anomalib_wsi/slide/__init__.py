@@ -19,7 +19,6 @@ from anomalib_wsi.slide.tiling import (
     TilingConfig,
     load_or_tile,
     read_tile_table,
-    tile_command,
     tile_slide,
     tiles_from_mask,
 )
@@ -53,7 +52,6 @@ __all__ = [
     "save_tissue_png",
     "slide_id_from_path",
     "slide_output_dir",
-    "tile_command",
     "tile_slide",
     "tiles_from_mask",
     "tissue_mask_from_rgb",

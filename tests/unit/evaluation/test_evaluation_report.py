@@ -11,10 +11,9 @@ import pytest
 import tifffile
 
 from anomalib_wsi.cli import main
-from anomalib_wsi.errors import WSIError
-from anomalib_wsi.evaluation.labels import EvaluationError
+from anomalib_wsi.cli.evaluate import evaluate_command
+from anomalib_wsi.errors import EvaluationError, WSIError
 from anomalib_wsi.evaluation.report import (
-    evaluate_command,
     find_ground_truth,
     ground_truth,
     ground_truth_mask,

@@ -10,8 +10,8 @@ import numpy as np
 import pytest
 import tifffile
 
+from anomalib_wsi.errors import EvaluationError
 from anomalib_wsi.evaluation.froc import compute_evaluation_mask
-from anomalib_wsi.evaluation.labels import EvaluationError
 from anomalib_wsi.evaluation.masks import (
     Outline,
     asap_region_mask,

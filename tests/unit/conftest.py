@@ -1,4 +1,4 @@
-"""Fixtures of the slide tests: small pyramidal TIFF slides written with tifffile, with known tissue and ink."""
+"""Fixtures of the unit tests: small pyramidal TIFF slides written with tifffile, with known tissue and ink."""
 
 from __future__ import annotations
 

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import pytest
 
-from anomalib_wsi.errors import WSIError
-from anomalib_wsi.evaluation.labels import EvaluationError, read_slide_labels
+from anomalib_wsi.cohort import read_slide_labels
+from anomalib_wsi.errors import CohortError, WSIError
 
 
 @pytest.mark.parametrize(
@@ -59,12 +59,12 @@ def test_shared_camelyon16_slide_list(shared_data):
 def test_bad_label_files_raise_a_one_line_error_naming_the_file(tmp_path, text, match):
     path = tmp_path / "bad.csv"
     path.write_text(text)
-    with pytest.raises(EvaluationError, match=match) as info:
+    with pytest.raises(CohortError, match=match) as info:
         read_slide_labels(path)
     assert str(path) in str(info.value) and "\n" not in str(info.value)
     assert isinstance(info.value, WSIError)
 
 
 def test_missing_label_file(tmp_path):
-    with pytest.raises(EvaluationError, match="labels file not found"):
+    with pytest.raises(CohortError, match="labels file not found"):
         read_slide_labels(tmp_path / "nope.csv")
