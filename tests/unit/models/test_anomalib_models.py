@@ -80,6 +80,8 @@ def test_offline_without_a_weights_file_names_the_fix(monkeypatch: pytest.Monkey
     import huggingface_hub.constants
 
     monkeypatch.setattr(huggingface_hub.constants, "HF_HUB_OFFLINE", True)  # the hub client refuses to connect
-    with pytest.raises(BackboneWeightsError, match=r"Stfpm: cannot download the pre-trained 'resnet18' backbone.*"
-                       r"pass weights_path=<local .safetensors or .pth of resnet18>, or pre_trained=False"):  # fmt: skip
+    fix = r"pass weights_path=<local .safetensors or .pth of resnet18>, or pre_trained=False"
+    with pytest.raises(
+        BackboneWeightsError, match=r"Stfpm: cannot download the pre-trained 'resnet18' backbone.*" + fix
+    ):
         wsi_model("Stfpm", backbone="resnet18")
