@@ -4,8 +4,8 @@ Padim, PatchCore, STFPM, reverse distillation and FastFlow (resnet18 without pre
 trained once per session on a 6-slide synthetic cohort through ``WSIEngine.fit`` with the slide post-processor
 (:func:`anomalib_wsi.models.wsi_model`), then ``anomalib-wsi predict --ckpt`` (no ``--model``: the checkpoint
 names its model) predicts the two test slides (one with tumour, one without; two more validate, two train), and the
-outputs pass the checks RDFocal's pass. EfficientAd is not among them: it downloads its pre-trained teacher and the Imagenette
-images, which no offline test can do.
+outputs pass the checks RDFocal's pass. EfficientAd is not among them: it downloads its pre-trained teacher and the
+Imagenette images, which no offline test can do.
 """
 
 from __future__ import annotations
