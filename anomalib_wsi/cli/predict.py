@@ -20,7 +20,8 @@ def parser() -> ArgumentParser:
     """The sub-command's options."""
     p = ArgumentParser(description="Predict slides: heatmaps, QuPath GeoJSON lesions, Camelyon16 detections, scores.")
     p.add_argument("slides", nargs="+", help="slide files, folders of slides, or a manifest CSV")
-    p.add_argument("--ckpt", required=True, help="RDFocal checkpoint (.ckpt) from anomalib train or the demo")
+    p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) of RDFocal or any anomalib model, from training")
+    p.add_argument("--model", default=None, help="model class (Padim, ...) when the checkpoint does not name it")
     p.add_argument("--output", required=True, help="output folder (one sub-folder per slide)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
@@ -66,6 +67,7 @@ def predict_command(
     compile: bool = False,
     tile_objects: bool = False,
     heatmap_tiff: str | None = None,
+    model: str | None = None,
 ) -> int:
     """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed (on any rank) or the run
     tables could not be written."""
@@ -88,7 +90,7 @@ def predict_command(
         channels_last=True if channels_last else None,
     )
     run = engine.predict(
-        model=None,
+        model=model,
         ckpt_path=ckpt,
         slides=slides,
         output_dir=output,

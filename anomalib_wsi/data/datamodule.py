@@ -87,7 +87,9 @@ class WSIDataModule(AnomalibDataModule):
         normal_tiles_per_slide: normal tiles sampled per training slide (paper: 500).
         tumour_tiles_per_slide: tumour tiles sampled per training tumour slide (paper: about 122).
         eval_tiles_per_slide: cap on labelled tiles per validation/test slide (None: all), tumour tiles first.
-        normal_only: train on normal tiles only (plain reverse distillation).
+        normal_only: train on normal tiles only. None (default): as the model learns, from its ``learning_type``:
+            anomalib's one-class models (Padim, PatchCore, STFPM, reverse distillation, ...) get the normal tiles
+            only, RDFocal's focal loss the labelled tumour tiles too. False with a one-class model is an error.
         normal_slides: an extra folder of normal slides whose tiles join the training set as normal tiles.
         coordinates: train on these listed patches instead of sampled tiles: coordinate files of level-0 patch
             centres (``slide_id,x_center,y_center[,label]``, as the paper's ``train_good.txt``/``train_bad.txt``),
@@ -129,7 +131,7 @@ class WSIDataModule(AnomalibDataModule):
         normal_tiles_per_slide: int = 500,
         tumour_tiles_per_slide: int = 122,
         eval_tiles_per_slide: int | None = 500,
-        normal_only: bool = False,
+        normal_only: bool | None = None,
         normal_slides: str | Path | None = None,
         coordinates: CoordinateSpec | None = None,
         val_ratio: float = 0.2,
@@ -357,8 +359,44 @@ class WSIDataModule(AnomalibDataModule):
         )
 
     def train_dataloader(self) -> DataLoader:
-        """Training tiles, shuffled (Lightning adds a distributed sampler under DDP)."""
+        """Training tiles, shuffled (Lightning adds a distributed sampler under DDP).
+
+        A one-class model (see :meth:`resolve_normal_only`) gets the normal tiles only.
+        """
+        model = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        if self.resolve_normal_only(model):
+            samples = self.train_data.samples
+            tumour = samples["label_index"] == 1
+            if bool(tumour.any()):
+                logger.info(
+                    "%s learns from normal tiles only (data.normal_only): training on %d normal tiles, %d tumour "
+                    "tiles left out",
+                    type(model).__name__ if model is not None else "the model",
+                    int((~tumour).sum()),
+                    int(tumour.sum()),
+                )
+                self.train_data = WSITileDataset(samples[~tumour], self.mpp, with_masks=False)
         return self._loader(self.train_data, self.train_batch_size, shuffle=True)
+
+    def resolve_normal_only(self, model: Any) -> bool:
+        """Whether ``model`` trains on normal tiles only: ``normal_only`` when set, else the model's learning type.
+
+        Raises:
+            WSIError: ``normal_only`` is False but the model is a one-class model (tumour tiles would enter its
+                picture of normal tissue).
+        """
+        from anomalib_wsi.models.anomalib_models import trains_on_normal_only
+
+        one_class = model is not None and trains_on_normal_only(model)
+        if self.normal_only is None:
+            return one_class
+        if not self.normal_only and one_class:
+            msg = (
+                f"{type(model).__name__} learns from normal tiles only, but data.normal_only is false; "
+                "set data.normal_only: true (or leave it unset to follow the model)"
+            )
+            raise WSIError(msg)
+        return bool(self.normal_only)
 
     def val_dataloader(self) -> DataLoader:
         """Validation tiles."""

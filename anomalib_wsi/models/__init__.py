@@ -1,6 +1,10 @@
-"""Models: anomalib's reverse distillation with the focal cosine loss of He & Li (MIDL 2023).
+"""Models: RDFocal (reverse distillation with the focal cosine loss of He & Li, MIDL 2023) and any anomalib model.
 
-The heavy modules (torch, anomalib) load on first use of :class:`RDFocal`.
+- :class:`RDFocal`: the paper's model.
+- :func:`wsi_model`: any anomalib image model (Padim, PatchCore, STFPM, ...) with the slide post-processor, its tile
+  size and an offline backbone (:mod:`~anomalib_wsi.models.anomalib_models`).
+
+The heavy modules (torch, anomalib) load on first use.
 """
 
 from __future__ import annotations
@@ -8,14 +12,21 @@ from __future__ import annotations
 import importlib
 from typing import TYPE_CHECKING, Any
 
-__all__ = ["RDFocal"]
+__all__ = ["RDFocal", "model_class", "wsi_model"]
+
+_LAZY = {
+    "RDFocal": "anomalib_wsi.models.rd_focal",
+    "model_class": "anomalib_wsi.models.anomalib_models",
+    "wsi_model": "anomalib_wsi.models.anomalib_models",
+}
 
 if TYPE_CHECKING:
+    from anomalib_wsi.models.anomalib_models import model_class, wsi_model
     from anomalib_wsi.models.rd_focal import RDFocal
 
 
 def __getattr__(name: str) -> Any:
-    if name == "RDFocal":
-        return importlib.import_module("anomalib_wsi.models.rd_focal").RDFocal
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
     msg = f"module 'anomalib_wsi.models' has no attribute {name!r}"
     raise AttributeError(msg)

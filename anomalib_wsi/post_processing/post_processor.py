@@ -216,6 +216,18 @@ class WSIPostProcessor(PostProcessor):
         super().load_checkpoint_config(config)
         self._validate()
 
+    def on_save_checkpoint(self, trainer: Any, pl_module: Any, checkpoint: dict[str, Any]) -> None:
+        """Record the model's class in the checkpoint (``anomalib_wsi_model``), so prediction needs no ``--model``.
+
+        Args:
+            trainer: the Lightning trainer.
+            pl_module: the model this post-processor belongs to.
+            checkpoint: the checkpoint being written.
+        """
+        del trainer
+        cls = type(pl_module)
+        checkpoint["anomalib_wsi_model"] = {"class_path": f"{cls.__module__}.{cls.__qualname__}"}
+
     @classmethod
     def from_post_processor(cls, post_processor: PostProcessor, **kwargs: Any) -> WSIPostProcessor:
         """A WSIPostProcessor with the learnt statistics and settings of an existing anomalib PostProcessor.

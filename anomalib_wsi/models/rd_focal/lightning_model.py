@@ -54,7 +54,7 @@ from anomalib_wsi.errors import WSIError
 from anomalib_wsi.models.rd_focal.anomaly_map import BLUR_BORDERS, TILE_SCORES
 from anomalib_wsi.models.rd_focal.loss import FocalCosineLoss
 from anomalib_wsi.models.rd_focal.torch_model import SUPPORTED_BACKBONES, RDFocalModel
-from anomalib_wsi.models.rd_focal.weights import BackboneWeightsError, load_backbone_weights
+from anomalib_wsi.models.rd_focal.weights import BackboneWeightsError, is_download_error, load_backbone_weights
 from anomalib_wsi.post_processing.post_processor import WSIPostProcessor
 
 __all__ = [
@@ -68,7 +68,6 @@ __all__ = [
 logger = logging.getLogger(__name__)
 
 LOSSES = ("focal", "cosine")
-_HUB_ERROR_MODULES = {"huggingface_hub", "httpx", "requests", "urllib3", "urllib"}
 
 
 class RDFocalConfigError(WSIError, ValueError):
@@ -77,13 +76,6 @@ class RDFocalConfigError(WSIError, ValueError):
 
 class NoTumourTilesError(WSIError, ValueError):
     """The focal loss was asked for, but the training set holds no tumour tile."""
-
-
-def _is_download_error(err: BaseException) -> bool:
-    """Whether an exception comes from fetching weights over the network (offline, hub unreachable)."""
-    if isinstance(err, OSError):
-        return True
-    return type(err).__module__.split(".")[0] in _HUB_ERROR_MODULES
 
 
 class RDFocal(ReverseDistillation):
@@ -226,7 +218,7 @@ class RDFocal(ReverseDistillation):
                 blur_border=blur_border,
             )
         except Exception as err:
-            if not (download and _is_download_error(err)):
+            if not (download and is_download_error(err)):
                 raise
             msg = (
                 f"cannot download the pre-trained {backbone!r} teacher from the model hub ({type(err).__name__}); "
@@ -240,6 +232,11 @@ class RDFocal(ReverseDistillation):
 
         self._tiles_seen = 0
         self._tumour_tiles_seen: torch.Tensor | None = None
+
+    @property
+    def trains_on_tumour_tiles(self) -> bool:
+        """Whether training uses the labelled tumour tiles (the focal loss); the data module samples them then."""
+        return self.loss_name == "focal"
 
     @classmethod
     def configure_post_processor(cls) -> WSIPostProcessor:

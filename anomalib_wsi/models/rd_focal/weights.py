@@ -28,17 +28,31 @@ from torch import nn
 
 from anomalib_wsi.errors import WSIError
 
-__all__ = ["BackboneWeightsError", "load_backbone_weights", "match_state_dict", "read_state_dict"]
+__all__ = [
+    "BackboneWeightsError",
+    "is_download_error",
+    "load_backbone_weights",
+    "match_state_dict",
+    "read_state_dict",
+]
 
 logger = logging.getLogger(__name__)
 
 _NESTING_KEYS = ("state_dict", "model", "module", "teacher", "encoder")
 _TORCH_SUFFIXES = {".pth", ".pt", ".bin", ".ckpt", ".tar"}
 _EXAMPLES = 3
+_HUB_ERROR_MODULES = {"huggingface_hub", "httpx", "requests", "urllib3", "urllib"}
 
 
 class BackboneWeightsError(WSIError, ValueError):
     """Backbone weights cannot be fetched, read, or do not fit the backbone."""
+
+
+def is_download_error(err: BaseException) -> bool:
+    """Whether an exception comes from fetching weights over the network (offline, hub unreachable)."""
+    if isinstance(err, OSError):
+        return True
+    return type(err).__module__.split(".")[0] in _HUB_ERROR_MODULES
 
 
 def read_state_dict(path: str | os.PathLike[str]) -> dict[str, torch.Tensor]:

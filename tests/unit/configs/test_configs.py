@@ -15,7 +15,7 @@ PACKAGED = Path(__file__).resolve().parents[3] / "anomalib_wsi" / "configs"
 
 def test_every_top_level_config_is_packaged_byte_for_byte() -> None:
     top_level = sorted(p.stem for p in TOP_LEVEL.glob("*.yaml"))
-    assert top_level == config_names() == ["rd_focal_demo", "rd_focal_wsi"]
+    assert top_level == config_names() == ["padim_wsi", "patchcore_wsi", "rd_focal_demo", "rd_focal_wsi"]
     for name in top_level:
         packaged, copy = PACKAGED / f"{name}.yaml", TOP_LEVEL / f"{name}.yaml"
         assert copy.read_bytes() == packaged.read_bytes(), (
@@ -36,6 +36,25 @@ def test_load_config_reads_a_packaged_config_by_stem_or_file_name() -> None:
 
 def test_an_unknown_config_names_the_packaged_ones() -> None:
     with pytest.raises(
-        WSIError, match="no packaged config 'rd_focal_mvtec'; choose one of rd_focal_demo, rd_focal_wsi"
+        WSIError,
+        match="no packaged config 'rd_focal_mvtec'; choose one of padim_wsi, patchcore_wsi, rd_focal_demo, rd_f",
     ):
         load_config("rd_focal_mvtec")
+
+
+@pytest.mark.parametrize(("name", "model"), [("padim_wsi", "Padim"), ("patchcore_wsi", "Patchcore")])
+def test_anomalib_model_configs_build_a_slide_model_and_a_one_class_data_module(name: str, model: str) -> None:
+    from anomalib_wsi import WSIDataModule, WSIPostProcessor
+    from anomalib_wsi.models.anomalib_models import model_class
+
+    config = load_config(name)
+    cls = model_class(config["model"]["class_path"])
+    assert cls.__name__ == model
+    init_args = dict(config["model"]["init_args"])
+    post = init_args.pop("post_processor")
+    assert post["class_path"] == "anomalib_wsi.WSIPostProcessor"
+    built = cls(**{**init_args, "pre_trained": False}, post_processor=WSIPostProcessor(**post["init_args"]))
+    assert tuple(built.input_size) == (256, 256) == (config["data"]["init_args"]["tile_size_px"],) * 2
+    datamodule = WSIDataModule(**config["data"]["init_args"])
+    assert datamodule.normal_only is None and datamodule.resolve_normal_only(built) is True
+    assert config["trainer"]["max_epochs"] == 1
