@@ -20,7 +20,10 @@ def parser() -> ArgumentParser:
     """The sub-command's options."""
     p = ArgumentParser(description="Predict slides: heatmaps, QuPath GeoJSON lesions, Camelyon16 detections, scores.")
     p.add_argument("slides", nargs="+", help="slide files, folders of slides, or a manifest CSV")
-    p.add_argument("--ckpt", required=True, help="RDFocal checkpoint (.ckpt) from anomalib train or the demo")
+    p.add_argument("--ckpt", default=None, help="RDFocal checkpoint (.ckpt) from anomalib train or the demo")
+    p.add_argument(
+        "--model", default=None, help="instead of --ckpt: a model.xml (OpenVINO) or model.onnx of anomalib-wsi export"
+    )
     p.add_argument("--output", required=True, help="output folder (one sub-folder per slide)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
@@ -43,7 +46,7 @@ def parser() -> ArgumentParser:
 
 def predict_command(
     slides: list[str],
-    ckpt: str,
+    ckpt: str | None,
     output: str,
     batch_size: int = 32,
     num_workers: int | None = None,
@@ -55,13 +58,22 @@ def predict_command(
     min_tissue: float = PREDICT_MIN_TISSUE,
     channels_last: bool = False,
     compile: bool = False,
+    model: str | None = None,
 ) -> int:
     """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed (on any rank)."""
     import torch
     import torch.distributed as dist
 
+    from anomalib_wsi.errors import WSIError
     from anomalib_wsi.inference import WSIEngine, distributed_rank
+    from anomalib_wsi.inference.export import is_exported_model
 
+    if (ckpt is None) == (model is None):
+        msg = "pass either --ckpt MODEL.ckpt or --model EXPORT/model.xml (or model.onnx of anomalib-wsi export)"
+        raise WSIError(msg)
+    if model is not None and not is_exported_model(model):
+        msg = f"--model {model}: not an exported model; pass a model.xml or model.onnx (a .ckpt goes to --ckpt)"
+        raise WSIError(msg)
     _, world, _ = distributed_rank()
     if world > 1 and "MASTER_ADDR" in os.environ and not dist.is_initialized():
         # torchrun: a CPU process group only to wait for each other at the end (so no rank is stopped early
@@ -76,7 +88,7 @@ def predict_command(
         channels_last=True if channels_last else None,
     )
     run = engine.predict(
-        model=None,
+        model=model,
         ckpt_path=ckpt,
         slides=slides,
         output_dir=output,

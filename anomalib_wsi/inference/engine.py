@@ -32,6 +32,7 @@ from tqdm.auto import tqdm
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.inference.checkpoint import load_model
 from anomalib_wsi.inference.distributed import default_num_workers, distributed_rank, write_run_tables
+from anomalib_wsi.inference.export import is_exported_model, load_exported
 from anomalib_wsi.inference.forward import LaunchedBatch, TileForward
 from anomalib_wsi.inference.loader import SlideJob, make_tile_loader, stored_tile_lv0
 from anomalib_wsi.inference.resume import load_finished, post_processor_settings, run_fingerprint, slide_fingerprint
@@ -115,7 +116,9 @@ class WSIEngine(Engine):
 
         Args:
             model: an ``RDFocal`` (class or instance) or any anomalib module; with ``ckpt_path`` its class loads
-                the checkpoint (backbone weights come from the checkpoint, nothing is downloaded).
+                the checkpoint (backbone weights come from the checkpoint, nothing is downloaded). Or the path of
+                a model exported by ``anomalib-wsi export`` (``model.xml``: OpenVINO, ``model.onnx``: ONNX
+                Runtime; CPU, no checkpoint).
             ckpt_path: checkpoint written by training.
             slides: slide files, folders of slides, or a CSV manifest with a ``slide_path`` column.
             output_dir: one sub-folder per slide plus ``summary.csv`` and ``failures.csv``.
@@ -134,7 +137,11 @@ class WSIEngine(Engine):
         """
         if slides is None:
             return super().predict(model=model, ckpt_path=ckpt_path, **kwargs)
-        module, data_settings = load_model(model, ckpt_path)
+        if is_exported_model(model):  # an OpenVINO / ONNX export: its file is the model of the fingerprint
+            module, data_settings = load_exported(model)
+            ckpt_path = model
+        else:
+            module, data_settings = load_model(model, ckpt_path)
         if lesion_threshold is not None:
             module.post_processor.lesion_threshold = float(lesion_threshold)
         try:
