@@ -36,6 +36,7 @@ __all__ = [
     "ExportedModel",
     "TileNetwork",
     "export_model",
+    "export_module",
     "is_exported_model",
     "load_exported",
     "require_runtime",
@@ -172,10 +173,33 @@ def export_model(
     if fmt not in EXPORT_FORMATS:
         msg = f"--format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}"
         raise ExportError(msg)
-    ov: Any = require_runtime("openvino") if fmt == "openvino" else None
+    if fmt == "openvino":  # before loading: a missing extra is said first
+        require_runtime("openvino")
     require_runtime(fmt, "onnx")  # torch's ONNX exporter needs onnx and onnxscript
     require_runtime(fmt, "onnxscript")
     module, data_settings = load_model(model, ckpt_path)
+    return export_module(module, fmt, output_dir, data_settings, tile_size_px, Path(ckpt_path))
+
+
+def export_module(
+    module: Any,
+    fmt: str,
+    output_dir: str | Path,
+    data_settings: dict[str, Any] | None = None,
+    tile_size_px: int | None = None,
+    ckpt_path: Path | None = None,
+) -> Path:
+    """Export an anomalib module in memory (``pre_processor``, ``model``, ``post_processor``); see :func:`export_model`.
+
+    ``data_settings`` holds the training data's ``mpp`` and ``tile_size_px`` where known.
+    """
+    if fmt not in EXPORT_FORMATS:
+        msg = f"--format {fmt!r}: use one of {', '.join(EXPORT_FORMATS)}"
+        raise ExportError(msg)
+    ov: Any = require_runtime("openvino") if fmt == "openvino" else None
+    require_runtime(fmt, "onnx")  # torch's ONNX exporter needs onnx and onnxscript
+    require_runtime(fmt, "onnxscript")
+    data_settings = dict(data_settings or {})
     module = module.cpu().eval()
     if tile_size_px is None:
         tile_size_px = data_settings.get("tile_size_px")
@@ -198,7 +222,7 @@ def export_model(
                 onnx_path = Path(tmp) / "model.onnx"
                 _to_onnx(network, example, onnx_path)
                 ov.save_model(ov.convert_model(onnx_path), path, compress_to_fp16=False)
-    metadata = export_metadata(module, data_settings, int(tile_size_px), Path(ckpt_path))
+    metadata = export_metadata(module, data_settings, int(tile_size_px), ckpt_path)
     (out / METADATA_NAME).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
     return path
 
