@@ -20,8 +20,13 @@ def parser() -> ArgumentParser:
     """The sub-command's options."""
     p = ArgumentParser(description="Predict slides: heatmaps, QuPath GeoJSON lesions, Camelyon16 detections, scores.")
     p.add_argument("slides", nargs="+", help="slide files, folders of slides, or a manifest CSV")
-    p.add_argument("--ckpt", required=True, help="checkpoint (.ckpt) of RDFocal or any anomalib model, from training")
-    p.add_argument("--model", default=None, help="model class (Padim, ...) when the checkpoint does not name it")
+    p.add_argument("--ckpt", default=None, help="checkpoint (.ckpt) of RDFocal or any anomalib model, from training")
+    p.add_argument(
+        "--model",
+        default=None,
+        help="with --ckpt: the model class (Padim, ...) when the checkpoint does not name it; instead of --ckpt: "
+        "a model.xml (OpenVINO) or model.onnx written by anomalib-wsi export",
+    )
     p.add_argument("--output", required=True, help="output folder (one sub-folder per slide)")
     p.add_argument("--batch-size", type=int, default=32)
     p.add_argument(
@@ -70,11 +75,24 @@ def predict_command(
     model: str | None = None,
 ) -> int:
     """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed (on any rank) or the run
-    tables could not be written."""
+    tables could not be written.
+
+    ``model`` is an exported model (``.xml`` / ``.onnx``) instead of ``ckpt``, or, with ``ckpt``, the model class
+    for a checkpoint that does not record it.
+    """
     import torch
     import torch.distributed as dist
 
+    from anomalib_wsi.errors import WSIError
     from anomalib_wsi.inference import WSIEngine, distributed_rank
+    from anomalib_wsi.inference.export import is_exported_model
+
+    exported = model is not None and is_exported_model(model)
+    if exported == (ckpt is not None) or (ckpt is None and model is None):
+        msg = "pass either --ckpt MODEL.ckpt or --model EXPORT/model.xml (or model.onnx of anomalib-wsi export)"
+        if ckpt is None and model is not None:
+            msg = f"--model {model}: not an exported model; pass a model.xml or model.onnx (a .ckpt goes to --ckpt)"
+        raise WSIError(msg)
 
     _, world, _ = distributed_rank()
     if world > 1 and "MASTER_ADDR" in os.environ and not dist.is_initialized():

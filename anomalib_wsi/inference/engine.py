@@ -35,6 +35,7 @@ from anomalib_wsi.cohort import resolve_slides
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.inference.checkpoint import load_model
 from anomalib_wsi.inference.distributed import default_num_workers, distributed_rank, write_run_tables
+from anomalib_wsi.inference.export import is_exported_model, load_exported
 from anomalib_wsi.inference.forward import LaunchedBatch, TileForward
 from anomalib_wsi.inference.loader import SlideJob, make_tile_loader, stored_tile_lv0
 from anomalib_wsi.inference.resume import load_finished, post_processor_settings, run_fingerprint, slide_fingerprint
@@ -139,7 +140,9 @@ class WSIEngine(Engine):
 
         Args:
             model: an ``RDFocal`` (class or instance) or any anomalib module; with ``ckpt_path`` its class loads
-                the checkpoint (backbone weights come from the checkpoint, nothing is downloaded).
+                the checkpoint (backbone weights come from the checkpoint, nothing is downloaded). Or the path of
+                a model exported by ``anomalib-wsi export`` (``model.xml``: OpenVINO, ``model.onnx``: ONNX
+                Runtime; CPU, no checkpoint).
             ckpt_path: checkpoint written by training.
             slides: slide files, folders of slides, or a CSV manifest with a ``slide_path`` column.
             output_dir: one sub-folder per slide plus ``summary.csv`` and ``failures.csv``.
@@ -179,7 +182,11 @@ class WSIEngine(Engine):
         if heatmap_tiff is not None and heatmap_tiff not in HEATMAP_TIFF_MODES:
             msg = f"heatmap TIFF mode must be one of {', '.join(HEATMAP_TIFF_MODES)}, got {heatmap_tiff!r}"
             raise WSIError(msg)
-        module, data_settings = load_model(model, ckpt_path)
+        if is_exported_model(model):  # an OpenVINO / ONNX export: its file is the model of the fingerprint
+            module, data_settings = load_exported(model)
+            ckpt_path = model
+        else:
+            module, data_settings = load_model(model, ckpt_path)
         post = module.post_processor
         if lesion_threshold is not None:
             post.lesion_threshold = float(lesion_threshold)
@@ -396,7 +403,7 @@ class WSIEngine(Engine):
         # one batch in flight: batch k+1 is queued on the device before the scores of batch k are collected
         previous: tuple[dict[str, Any], LaunchedBatch] | None = None
         batches = iter(loader)  # the workers start here; the ring is page-locked after the fork
-        ring.register(device)
+        ring.register(forward.device)
         try:
             while True:
                 clock = time.perf_counter()

@@ -2,7 +2,8 @@
 
 The fingerprint of a run covers what decides a slide's outputs:
 
-- the model: a SHA-256 of the checkpoint file's bytes (cached per path, size, inode, mtime and ctime, so a
+- the model: for a model exported to OpenVINO or ONNX, SHA-256s of its files (network, weights, metadata);
+  otherwise a SHA-256 of the checkpoint file's bytes (cached per path, size, inode, mtime and ctime, so a
   process reads a checkpoint once; a different model of the same size and time is told apart), or, for a model
   passed without a checkpoint, of its weights;
 - the :class:`~anomalib_wsi.inference.settings.PredictionSettings`;
@@ -73,7 +74,10 @@ def post_processor_settings(post: Any) -> dict[str, Any]:
 
 def run_fingerprint(ckpt_path: Path | None, module: Any, settings: PredictionSettings) -> str:
     """The fingerprint of a run: model content, prediction settings and post-processor settings."""
-    if ckpt_path is not None and ckpt_path.is_file():
+    exported = getattr(module, "export_files", None)  # an exported model: its network, weights and metadata files
+    if exported:
+        model = "export:" + ",".join(file_digest(Path(path)) for path in exported)
+    elif ckpt_path is not None and ckpt_path.is_file():
         model = f"ckpt:{file_digest(ckpt_path)}"
     else:
         model = f"weights:{model_digest(module)}"
