@@ -12,8 +12,9 @@ The heavy modules (torch, anomalib) are imported on first use, so ``import anoma
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from anomalib_wsi.lazy import lazy_attributes
 
 __version__ = "0.1.0"
 
@@ -33,8 +34,4 @@ if TYPE_CHECKING:
     from anomalib_wsi.post_processing.post_processor import WSIPostProcessor
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    msg = f"module 'anomalib_wsi' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -38,6 +38,7 @@ __all__ = [
     "SlideRecord",
     "find_annotation",
     "parse_label",
+    "positive_number",
     "read_manifest",
     "read_slide_labels",
     "read_text_file",
@@ -64,15 +65,21 @@ class SlideRecord:
         return self.slide_path.stem
 
 
+def positive_number(value: Any) -> float | None:
+    """``value`` as a finite number above 0 (an mpp, a size), or None when it is not one (``"abc"``, inf, -1)."""
+    try:
+        number = float(value)
+    except (TypeError, ValueError):
+        return None
+    return number if math.isfinite(number) and number > 0 else None
+
+
 def _manifest_mpp(value: Any, source: Path, slide_path: Path) -> float | None:
     """A manifest's optional ``mpp`` cell: a positive finite number of µm per pixel, None when empty."""
     if value is None or (isinstance(value, float) and np.isnan(value)) or str(value).strip() == "":
         return None
-    try:
-        mpp = float(value)
-    except (TypeError, ValueError):
-        mpp = math.nan
-    if not (math.isfinite(mpp) and mpp > 0):
+    mpp = positive_number(value)
+    if mpp is None:
         msg = (
             f"{source}: mpp {value!r} of {slide_path.name} is not a positive number of µm per pixel; write the "
             "slide's level-0 resolution (e.g. 0.25 for 40x, 0.5 for 20x) or leave the cell empty"

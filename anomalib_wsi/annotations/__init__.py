@@ -8,15 +8,15 @@ Example:
 
 from anomalib_wsi.annotations.asap import annotations_to_asap, read_asap_xml, write_asap_xml
 from anomalib_wsi.annotations.geojson import annotations_to_geojson, read_geojson, write_geojson
-from anomalib_wsi.annotations.labels import (
+from anomalib_wsi.annotations.polygons import AnnotationPoint, AnnotationPolygon, Annotations, classify_group
+from anomalib_wsi.annotations.reader import ANNOTATION_EXTENSIONS, read_annotations
+from anomalib_wsi.annotations.tile_labels import (
     default_mask_downsample,
     label_tiles,
     rasterise,
     region_mask,
     tumour_fractions,
 )
-from anomalib_wsi.annotations.model import AnnotationPoint, AnnotationPolygon, Annotations, classify_group
-from anomalib_wsi.annotations.reader import ANNOTATION_EXTENSIONS, read_annotations
 
 __all__ = [
     "ANNOTATION_EXTENSIONS",

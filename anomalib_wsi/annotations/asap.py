@@ -26,7 +26,7 @@ import numpy as np
 from defusedxml import DefusedXmlException, EntitiesForbidden, ExternalReferenceForbidden
 from shapely.geometry import MultiPolygon, Polygon
 
-from anomalib_wsi.annotations.model import (
+from anomalib_wsi.annotations.polygons import (
     AnnotationPoint,
     AnnotationPolygon,
     Annotations,
@@ -40,7 +40,7 @@ from anomalib_wsi.annotations.model import (
     validate_group_map,
 )
 from anomalib_wsi.errors import AnnotationError
-from anomalib_wsi.io import atomic_write_text
+from anomalib_wsi.files import atomic_write_text
 
 __all__ = ["GROUP_COLOURS", "annotations_to_asap", "read_asap_xml", "write_asap_xml"]
 

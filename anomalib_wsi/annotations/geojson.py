@@ -23,7 +23,7 @@ import numpy as np
 from shapely.geometry import MultiPolygon, Polygon
 from shapely.geometry.base import BaseGeometry
 
-from anomalib_wsi.annotations.model import (
+from anomalib_wsi.annotations.polygons import (
     AnnotationPoint,
     AnnotationPolygon,
     Annotations,
@@ -34,7 +34,7 @@ from anomalib_wsi.annotations.model import (
     validate_group_map,
 )
 from anomalib_wsi.errors import AnnotationError
-from anomalib_wsi.io import atomic_write_text
+from anomalib_wsi.files import atomic_write_text
 
 __all__ = ["KIND_COLOURS", "annotations_to_geojson", "read_geojson", "write_geojson"]
 
@@ -139,7 +139,7 @@ def read_geojson(
     Accepted layouts: a FeatureCollection, a plain list of features and/or bare geometries, a single Feature,
     and the NCRF/Camelyon16 JSON layout ``{"positive": [{"name", "vertices"}], "negative": [...]}`` (positive
     read as group ``_0``, negative as ``_2``). The classification name decides the kind (see
-    :mod:`anomalib_wsi.annotations.model`); a feature without one gets group ``"Unclassified"`` (unknown
+    :mod:`anomalib_wsi.annotations.polygons`); a feature without one gets group ``"Unclassified"`` (unknown
     unless ``group_map`` names it). Polygon/MultiPolygon become polygons (holes kept), Point/MultiPoint become
     points, lines are skipped with a warning.
 

@@ -6,7 +6,7 @@ from pathlib import Path
 
 from anomalib_wsi.annotations.asap import read_asap_xml
 from anomalib_wsi.annotations.geojson import read_geojson
-from anomalib_wsi.annotations.model import Annotations
+from anomalib_wsi.annotations.polygons import Annotations
 from anomalib_wsi.errors import AnnotationError
 
 __all__ = ["ANNOTATION_EXTENSIONS", "read_annotations"]

@@ -28,6 +28,6 @@ def parser() -> ArgumentParser:
 
 def run(**options: Any) -> int:
     """Run the sub-command; returns the exit status."""
-    from anomalib_wsi.benchmark import benchmark_command
+    from anomalib_wsi.reproduction import benchmark_command
 
     return int(benchmark_command(**options) or 0)

@@ -13,7 +13,7 @@ from jsonargparse import ArgumentParser
 
 from anomalib_wsi.cohort import ANNOTATION_EXTENSIONS, find_annotation
 from anomalib_wsi.errors import WSIError
-from anomalib_wsi.io import atomic_path, atomic_write_csv
+from anomalib_wsi.files import atomic_path, atomic_write_csv
 from anomalib_wsi.slide.ids import printable, slide_id_from_path, slide_output_dir
 from anomalib_wsi.slide.reader import SLIDE_EXTENSIONS, Slide, find_slides
 from anomalib_wsi.slide.tiling import TILE_COLUMNS, TILES_CSV, TilingConfig, load_or_tile, read_tiling_record
@@ -104,7 +104,7 @@ def _tile_one(
     annotations = None
     if annotation_dir is not None:
         from anomalib_wsi.annotations import read_annotations
-        from anomalib_wsi.annotations.labels import label_tiles
+        from anomalib_wsi.annotations.tile_labels import label_tiles
 
         annotation_path = find_annotation(annotation_dir, record["slide_id"])
         with Slide(slide_path, mpp=slide_mpp, max_pixels=max_slide_pixels) as slide:

@@ -9,10 +9,10 @@ The data modules import anomalib (slow); they load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from anomalib_wsi.data.synthetic import SyntheticCohort, SyntheticSlide, synthesize_cohort, synthesize_slide
+from anomalib_wsi.lazy import lazy_attributes
 
 __all__ = [
     "PatchFolder",
@@ -36,8 +36,4 @@ if TYPE_CHECKING:
     from anomalib_wsi.data.patch_folder import PatchFolder
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    msg = f"module 'anomalib_wsi.data' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _LAZY)

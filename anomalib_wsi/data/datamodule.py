@@ -36,7 +36,7 @@ from anomalib_wsi.data.coordinates import (
 )
 from anomalib_wsi.data.dataset import WSITileDataset
 from anomalib_wsi.errors import WSIError
-from anomalib_wsi.io import atomic_path
+from anomalib_wsi.files import atomic_path
 from anomalib_wsi.slide.reader import SLIDE_EXTENSIONS, Slide, list_slides
 
 __all__ = ["ANNOTATION_EXTENSIONS", "SlideRecord", "WSIDataModule", "assign_splits", "read_manifest"]
@@ -305,7 +305,7 @@ class WSIDataModule(AnomalibDataModule):
     def tile_table(self, record: SlideRecord) -> pd.DataFrame:
         """The labelled tile table of one slide (tiles cached; labels from its annotations)."""
         from anomalib_wsi.annotations import read_annotations
-        from anomalib_wsi.annotations.labels import label_tiles
+        from anomalib_wsi.annotations.tile_labels import label_tiles
         from anomalib_wsi.slide.tiling import TilingConfig, load_or_tile
 
         config = TilingConfig(

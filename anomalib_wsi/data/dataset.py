@@ -152,7 +152,7 @@ class WSITileDataset(AnomalibDataset):
             return np.zeros((size, size), dtype=bool)
         from shapely import affinity, box
 
-        from anomalib_wsi.annotations.labels import rasterise
+        from anomalib_wsi.annotations.tile_labels import rasterise
 
         x, y, side = float(row.x), float(row.y), float(row.tile_size_lv0)
         region = self.handles.region(str(annotation))

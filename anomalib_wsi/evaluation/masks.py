@@ -248,7 +248,7 @@ def read_annotation_outlines(path: str | Path) -> tuple[list[Outline], list[str]
     ASAP XML: every ``Polygon``, ``Spline`` (through its control points, as ASAP does) and ``Rectangle`` with its
     vertices as written (self-crossing outlines are not repaired; the winding rule decides). GeoJSON: each
     polygon's exterior ring (repaired where invalid) and holes. The kind of a group follows the annotation
-    reader (:func:`anomalib_wsi.annotations.model.classify_group`).
+    reader (:func:`anomalib_wsi.annotations.polygons.classify_group`).
 
     Returns:
         ``(outlines, warnings)``.

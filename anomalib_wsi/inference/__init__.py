@@ -12,8 +12,9 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from anomalib_wsi.lazy import lazy_attributes
 
 if TYPE_CHECKING:
     from anomalib_wsi.inference.checkpoint import load_model, trained_checkpoint
@@ -35,20 +36,16 @@ __all__ = [
 
 # imported on first use, so that the command line's --help does not load anomalib and torch
 _LAZY = {
-    "load_model": "checkpoint",
-    "trained_checkpoint": "checkpoint",
-    "default_num_workers": "distributed",
-    "distributed_rank": "distributed",
-    "WSIEngine": "engine",
-    "PredictionRun": "settings",
-    "PredictionSettings": "settings",
-    "SlideFailure": "settings",
-    "SlidePrediction": "settings",
+    "load_model": "anomalib_wsi.inference.checkpoint",
+    "trained_checkpoint": "anomalib_wsi.inference.checkpoint",
+    "default_num_workers": "anomalib_wsi.inference.distributed",
+    "distributed_rank": "anomalib_wsi.inference.distributed",
+    "WSIEngine": "anomalib_wsi.inference.engine",
+    "PredictionRun": "anomalib_wsi.inference.settings",
+    "PredictionSettings": "anomalib_wsi.inference.settings",
+    "SlideFailure": "anomalib_wsi.inference.settings",
+    "SlidePrediction": "anomalib_wsi.inference.settings",
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(f"anomalib_wsi.inference.{_LAZY[name]}"), name)
-    msg = f"module 'anomalib_wsi.inference' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _LAZY)

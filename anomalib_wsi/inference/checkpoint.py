@@ -8,13 +8,13 @@ model or a nonsensical stored tile size, is one :class:`~anomalib_wsi.errors.WSI
 from __future__ import annotations
 
 import logging
-import math
 from pathlib import Path
 from typing import Any
 
 import torch
 from anomalib.engine import Engine
 
+from anomalib_wsi.cohort import positive_number
 from anomalib_wsi.errors import WSIError
 
 __all__ = ["CheckpointError", "load_model", "recorded_class_path", "trained_checkpoint"]
@@ -40,11 +40,8 @@ def _data_settings(ckpt: Path, data_hparams: dict[str, Any]) -> dict[str, Any]:
     """The training data's ``mpp`` and ``tile_size_px`` from a checkpoint, checked once (absent keys are left out)."""
     settings: dict[str, Any] = {}
     if data_hparams.get("mpp") is not None:
-        try:
-            mpp = float(data_hparams["mpp"])
-        except (TypeError, ValueError):
-            mpp = math.nan
-        if not (math.isfinite(mpp) and mpp > 0):
+        mpp = positive_number(data_hparams["mpp"])
+        if mpp is None:
             msg = (
                 f"{ckpt}: the checkpoint's training mpp is {data_hparams['mpp']!r}, not a positive number; "
                 "pass the tile resolution explicitly (WSIEngine.predict(mpp=...)) or use the checkpoint training wrote"

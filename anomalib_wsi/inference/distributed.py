@@ -15,8 +15,8 @@ from typing import Any
 
 import pandas as pd
 
+from anomalib_wsi.files import atomic_write_csv, atomic_write_text
 from anomalib_wsi.inference.settings import SlideFailure, SlidePrediction
-from anomalib_wsi.io import atomic_write_csv, atomic_write_text
 
 __all__ = [
     "FAILURE_COLUMNS",
@@ -86,7 +86,7 @@ def write_run_tables(
     With several ranks each one writes its part to ``.ranks/``. With a process group (torchrun, Lightning) the
     ranks wait for each other and rank 0 merges every part; without one (plain SLURM tasks) each rank merges the
     parts it finds, so the rank that finishes last writes tables that cover the whole run. Text cells are made
-    spreadsheet-safe (:func:`~anomalib_wsi.io.spreadsheet_safe`).
+    spreadsheet-safe (:func:`~anomalib_wsi.files.spreadsheet_safe`).
 
     Raises:
         OSError: a table cannot be written (the caller reports it).

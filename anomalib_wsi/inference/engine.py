@@ -33,6 +33,7 @@ from tqdm.auto import tqdm
 
 from anomalib_wsi.cohort import resolve_slides
 from anomalib_wsi.errors import WSIError
+from anomalib_wsi.files import remove_stale_temporaries
 from anomalib_wsi.inference.checkpoint import load_model
 from anomalib_wsi.inference.distributed import default_num_workers, distributed_rank, write_run_tables
 from anomalib_wsi.inference.export import is_exported_model, load_exported
@@ -47,7 +48,6 @@ from anomalib_wsi.inference.settings import (
     SlideFailure,
     SlidePrediction,
 )
-from anomalib_wsi.io import remove_stale_temporaries
 from anomalib_wsi.post_processing.outputs import OPTIONAL_FILES, OUTPUT_FILES, clear_slide_outputs, write_slide_outputs
 from anomalib_wsi.post_processing.overlay import HEATMAP_TIFF_MODES
 from anomalib_wsi.slide.ids import printable, slide_id_from_path, slide_output_dir

@@ -23,7 +23,7 @@ from typing import Any
 
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.inference.settings import PredictionSettings, SlidePrediction
-from anomalib_wsi.post_processing.outputs import PredictionFileError, read_slide_outputs, read_summary
+from anomalib_wsi.post_processing.outputs import read_slide_outputs, read_summary
 
 __all__ = [
     "file_digest",
@@ -123,7 +123,7 @@ def load_finished(slide_dir: Path, fingerprint: str, slide_path: Path) -> SlideP
             timings={str(k): float(v) for k, v in dict(summary.get("timings", {})).items()},
             skipped=True,
         )
-    except (PredictionFileError, KeyError, TypeError, ValueError) as err:
+    except (WSIError, KeyError, TypeError, ValueError) as err:
         logger.warning("%s: outputs of an earlier run are unreadable (%s); predicting it again", slide_dir, err)
         return None
     return prediction

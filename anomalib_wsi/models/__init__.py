@@ -9,8 +9,9 @@ The heavy modules (torch, anomalib) load on first use.
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
+
+from anomalib_wsi.lazy import lazy_attributes
 
 __all__ = ["RDFocal", "model_class", "wsi_model"]
 
@@ -25,8 +26,4 @@ if TYPE_CHECKING:
     from anomalib_wsi.models.rd_focal import RDFocal
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    msg = f"module 'anomalib_wsi.models' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _LAZY)

@@ -3,7 +3,9 @@
 - :mod:`~anomalib_wsi.post_processing.stitch`: :class:`Heatmap`, :class:`HeatmapAccumulator`,
   :func:`stitch_tile_scores` (grid at the tile stride, overlaps averaged, memory of the grid only).
 - :mod:`~anomalib_wsi.post_processing.lesions`: :func:`extract_lesions` (polygons with holes, level-0 pixels),
-  :func:`detection_points` (Camelyon16 ``confidence,x,y``), :func:`slide_score`, and the file writers.
+  :func:`detection_points` (Camelyon16 ``confidence,x,y``), and their file writers.
+- :mod:`~anomalib_wsi.post_processing.slide_score`: :func:`slide_score` (max, top-k mean, mean above threshold).
+- :mod:`~anomalib_wsi.post_processing.outputs`: the prediction folder (file names, write, read back).
 - :mod:`~anomalib_wsi.post_processing.render`: :func:`render_heatmap_png` (``heatmap.png``).
 - :mod:`~anomalib_wsi.post_processing.tile_objects`: :func:`write_tile_objects`, :func:`write_tile_score_objects`
   (``tiles.geojson(.gz)``: scored cells or tiles as QuPath tile objects, for Measure > Show measurement maps).
@@ -15,18 +17,18 @@
 
 from __future__ import annotations
 
-import importlib
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
+from anomalib_wsi.lazy import lazy_attributes
 from anomalib_wsi.post_processing.lesions import (
     Lesion,
     detection_points,
     extract_lesions,
-    slide_score,
     write_detections_csv,
     write_lesions_geojson,
 )
 from anomalib_wsi.post_processing.overlay import write_heatmap_tiff
+from anomalib_wsi.post_processing.slide_score import slide_score
 from anomalib_wsi.post_processing.stitch import Heatmap, HeatmapAccumulator, stitch_tile_scores
 from anomalib_wsi.post_processing.tile_objects import write_tile_objects, write_tile_score_objects
 
@@ -59,8 +61,4 @@ _LAZY = {
 }
 
 
-def __getattr__(name: str) -> Any:
-    if name in _LAZY:
-        return getattr(importlib.import_module(_LAZY[name]), name)
-    msg = f"module 'anomalib_wsi.post_processing' has no attribute {name!r}"
-    raise AttributeError(msg)
+__getattr__ = lazy_attributes(__name__, _LAZY)

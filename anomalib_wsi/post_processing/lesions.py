@@ -1,4 +1,4 @@
-"""From a slide heatmap to lesions (polygons with holes), Camelyon16 detection points and a slide score.
+"""From a slide heatmap to lesions (polygons with holes) and Camelyon16 detection points, and their files.
 
 All coordinates returned are level-0 pixels (origin top-left); areas are in µm² from the slide's mpp. Heatmap
 cell ``(r, c)`` covers level-0 ``[c*ds, (c+1)*ds) x [r*ds, (r+1)*ds)``; lesion polygons follow the cell edges
@@ -30,21 +30,16 @@ from scipy import ndimage
 from shapely.geometry import MultiPolygon, Polygon, box
 from shapely.geometry.base import BaseGeometry
 
-from anomalib_wsi.io import atomic_write_text
+from anomalib_wsi.files import atomic_write_text
 from anomalib_wsi.post_processing.stitch import Heatmap
 
 __all__ = [
-    "SLIDE_SCORE_METHODS",
     "Lesion",
     "detection_points",
     "extract_lesions",
-    "slide_score",
     "write_detections_csv",
     "write_lesions_geojson",
 ]
-
-#: Names accepted by :func:`slide_score`.
-SLIDE_SCORE_METHODS = ("max", "topk", "mean_above")
 
 #: QuPath's colour for the ``Tumor`` class.
 TUMOUR_COLOR = (200, 0, 0)
@@ -229,44 +224,6 @@ def detection_points(
     xs = np.minimum(np.floor((cols[kept_idx] + 0.5) * ds), slide_w - 1)
     ys = np.minimum(np.floor((rows[kept_idx] + 0.5) * ds), slide_h - 1)
     return np.stack([scores[kept_idx].astype(np.float64), xs, ys], axis=1)
-
-
-def slide_score(
-    heatmap_or_scores: Heatmap | np.ndarray | Sequence[float],
-    method: str = "max",
-    top_k: int = 10,
-    threshold: float = 0.5,
-) -> float:
-    """One score per slide from its heatmap or tile scores (NaN ignored; 0.0 when nothing was scored).
-
-    Args:
-        heatmap_or_scores: a :class:`Heatmap` or an array of scores of any shape.
-        method: ``"max"`` (highest value), ``"topk"`` (mean of the ``top_k`` highest values, or of all when
-            fewer), or ``"mean_above"`` (He & Li 2023: mean of the values strictly above ``threshold``, 0 if none).
-        top_k: number of values averaged by ``"topk"``.
-        threshold: threshold of ``"mean_above"``.
-
-    Returns:
-        The slide score.
-    """
-    raw = heatmap_or_scores.values if isinstance(heatmap_or_scores, Heatmap) else heatmap_or_scores
-    values = np.asarray(raw, dtype=np.float64).reshape(-1)
-    values = values[np.isfinite(values)]
-    if method not in SLIDE_SCORE_METHODS:
-        msg = f"unknown slide score method {method!r}; use one of {', '.join(SLIDE_SCORE_METHODS)}"
-        raise ValueError(msg)
-    if method == "topk" and top_k < 1:
-        msg = f"top_k must be at least 1, got {top_k}"
-        raise ValueError(msg)
-    if values.size == 0:
-        return 0.0
-    if method == "max":
-        return float(values.max())
-    if method == "topk":
-        k = min(top_k, values.size)
-        return float(np.partition(values, values.size - k)[values.size - k :].mean())
-    above = values[values > threshold]
-    return float(above.mean()) if above.size else 0.0
 
 
 def write_detections_csv(path: str | Path, points: np.ndarray) -> Path:

@@ -33,8 +33,9 @@ from typing import Any
 
 import numpy as np
 
+from anomalib_wsi.cohort import read_text_file
 from anomalib_wsi.errors import WSIError
-from anomalib_wsi.io import atomic_save_npy, atomic_write_text
+from anomalib_wsi.files import atomic_save_npy, atomic_write_text
 from anomalib_wsi.post_processing.lesions import Lesion, write_detections_csv, write_lesions_geojson
 from anomalib_wsi.post_processing.stitch import Heatmap
 
@@ -65,6 +66,10 @@ OUTPUT_FILES = {
 
 #: Files written only when the post-processor asks for them; ``summary.json`` lists those written (``extra_files``).
 OPTIONAL_FILES = {"tile_objects": "tiles.geojson.gz", "heatmap_tiff": "heatmap.tif"}
+
+
+#: What to do about a damaged file of a prediction folder.
+_PREDICT_AGAIN = "the file anomalib-wsi predict writes (predict this slide again)"
 
 
 class PredictionFileError(WSIError):
@@ -194,7 +199,7 @@ def read_summary(path: str | Path) -> dict[str, Any]:
         msg = f"{path}: summary.json not found; run anomalib-wsi predict, which writes it for every slide"
         raise PredictionFileError(msg)
     try:
-        data = json.loads(_read_text(path, "summary.json"))
+        data = json.loads(read_text_file(path, "summary.json", _PREDICT_AGAIN))
     except json.JSONDecodeError:
         msg = f"{path}: not a readable JSON file; re-run anomalib-wsi predict for this slide"
         raise PredictionFileError(msg) from None
@@ -236,7 +241,7 @@ def read_detections(path: str | Path) -> np.ndarray:
         msg = f"{path}: detections file not found; run anomalib-wsi predict, which writes it for every slide"
         raise PredictionFileError(msg)
     rows: list[tuple[float, float, float]] = []
-    text = _read_text(path, "detections file")
+    text = read_text_file(path, "detections file", _PREDICT_AGAIN)
     for number, row in enumerate(csv.reader(io.StringIO(text, newline="")), start=1):
         cells = [c.strip() for c in row]
         if not any(cells):
@@ -251,22 +256,6 @@ def read_detections(path: str | Path) -> np.ndarray:
             raise PredictionFileError(msg)
         rows.append((confidence, x, y))
     return np.asarray(rows, dtype=np.float64).reshape(-1, 3)
-
-
-def _read_text(path: Path, what: str) -> str:
-    """A small UTF-8 file of the prediction folder; unreadable or binary: one line that says to predict again."""
-    try:
-        data = path.read_bytes()
-    except OSError as err:
-        msg = f"{path}: cannot read this {what} ({err.strerror or err}); re-run anomalib-wsi predict for this slide"
-        raise PredictionFileError(msg) from None
-    try:
-        if b"\x00" in data:
-            raise UnicodeError("NUL byte")
-        return data.decode("utf-8-sig")
-    except UnicodeError:
-        msg = f"{path}: this {what} is binary, not UTF-8 text; re-run anomalib-wsi predict for this slide"
-        raise PredictionFileError(msg) from None
 
 
 def read_lesions(path: str | Path) -> list[Lesion]:

@@ -42,7 +42,7 @@ from typing import Any
 
 import numpy as np
 
-from anomalib_wsi.io import atomic_path
+from anomalib_wsi.files import atomic_path
 from anomalib_wsi.post_processing.stitch import Heatmap
 
 __all__ = ["HEATMAP_TIFF_MODES", "heatmap_tiff_levels", "write_heatmap_tiff"]

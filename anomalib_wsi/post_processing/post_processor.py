@@ -31,13 +31,13 @@ from anomalib.metrics.threshold import F1AdaptiveThreshold
 from anomalib.post_processing import PostProcessor
 
 from anomalib_wsi.post_processing.lesions import (
-    SLIDE_SCORE_METHODS,
     Lesion,
     detection_points,
     extract_lesions,
 )
-from anomalib_wsi.post_processing.lesions import slide_score as compute_slide_score
 from anomalib_wsi.post_processing.overlay import HEATMAP_TIFF_MODES
+from anomalib_wsi.post_processing.slide_score import SLIDE_SCORE_METHODS
+from anomalib_wsi.post_processing.slide_score import slide_score as compute_slide_score
 from anomalib_wsi.post_processing.stitch import Heatmap, HeatmapAccumulator
 
 __all__ = ["SlideResult", "WSIPostProcessor"]

@@ -21,7 +21,7 @@ from matplotlib.colors import Normalize
 from matplotlib.figure import Figure
 from shapely.geometry import MultiPolygon, Polygon
 
-from anomalib_wsi.io import atomic_path
+from anomalib_wsi.files import atomic_path
 from anomalib_wsi.post_processing.lesions import Lesion
 from anomalib_wsi.post_processing.stitch import Heatmap
 

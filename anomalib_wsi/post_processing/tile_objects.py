@@ -53,7 +53,7 @@ from typing import IO
 
 import numpy as np
 
-from anomalib_wsi.io import atomic_path
+from anomalib_wsi.files import atomic_path
 from anomalib_wsi.post_processing.stitch import Heatmap
 
 __all__ = ["TILE_MEASUREMENTS", "write_tile_objects", "write_tile_score_objects"]

@@ -29,7 +29,7 @@ from typing import Any
 import numpy as np
 import pandas as pd
 
-from anomalib_wsi.io import atomic_path
+from anomalib_wsi.files import atomic_path
 from anomalib_wsi.slide.coverage import coverage_from_integral, mask_integral
 from anomalib_wsi.slide.reader import ReadPlan, Slide
 from anomalib_wsi.slide.tissue import TissueConfig, TissueMask, detect_tissue

@@ -10,17 +10,17 @@ import pandas as pd
 import pytest
 import yaml
 
-from anomalib_wsi.benchmark import (
+from anomalib_wsi.cli import main
+from anomalib_wsi.data.coordinates import patch_samples, read_coordinates
+from anomalib_wsi.data.synthetic import synthesize_slide
+from anomalib_wsi.errors import WSIError
+from anomalib_wsi.reproduction import (
     PAPER_TRAIN_SLIDES,
     benchmark_command,
     patch_level_test,
     plan_camelyon16,
     score_patches,
 )
-from anomalib_wsi.cli import main
-from anomalib_wsi.data.coordinates import patch_samples, read_coordinates
-from anomalib_wsi.data.synthetic import synthesize_slide
-from anomalib_wsi.errors import WSIError
 
 TINY = {  # the demo's model and tiles, one epoch: the protocol, not the paper's numbers
     "model": {"backbone": "resnet18", "pre_trained": False, "image_size": 64},

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import yaml
 
-from anomalib_wsi.benchmark import PREDICT_SETTINGS, default_settings
+from anomalib_wsi.reproduction import PREDICT_SETTINGS, default_settings
 
 CONFIGS = Path(__file__).resolve().parents[3] / "configs"
 

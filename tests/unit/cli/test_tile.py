@@ -326,7 +326,7 @@ def test_duplicate_slide_ids_are_refused(make_slide: Callable[..., Path], tmp_pa
 
 def test_annotations_label_the_tiles(make_slide: Callable[..., Path], tmp_path: Path) -> None:
     """An ASAP XML beside the slide labels tiles: 2 x 2 tiles fully tumour, half-covered ones by the threshold."""
-    pytest.importorskip("anomalib_wsi.annotations.labels")
+    pytest.importorskip("anomalib_wsi.annotations.tile_labels")
     from anomalib_wsi.annotations.asap import write_asap_xml
 
     slide = str(make_slide())

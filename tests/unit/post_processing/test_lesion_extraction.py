@@ -9,10 +9,10 @@ from anomalib_wsi.annotations.reader import read_annotations
 from anomalib_wsi.post_processing.lesions import (
     detection_points,
     extract_lesions,
-    slide_score,
     write_detections_csv,
     write_lesions_geojson,
 )
+from anomalib_wsi.post_processing.slide_score import slide_score
 from anomalib_wsi.post_processing.stitch import Heatmap
 
 DS = 64.0  # level-0 px per cell

@@ -1,4 +1,4 @@
-"""Masks and tile labels (anomalib_wsi/annotations/labels.py)."""
+"""Masks and tile labels (anomalib_wsi/annotations/tile_labels.py)."""
 
 from __future__ import annotations
 

@@ -22,7 +22,7 @@ import shapely
 from shapely.geometry import MultiPolygon, box
 from shapely.geometry.base import BaseGeometry
 
-from anomalib_wsi.annotations.model import Annotations, as_multipolygon
+from anomalib_wsi.annotations.polygons import Annotations, as_multipolygon
 from anomalib_wsi.slide.coverage import mask_coverage
 
 if TYPE_CHECKING:
