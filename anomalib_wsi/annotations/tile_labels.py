@@ -117,12 +117,15 @@ def rasterise(
 
 
 def region_mask(annotations: Annotations, slide_size_lv0: tuple[int, int], downsample: float) -> np.ndarray:
-    """Mask of the labelled tumour region (tumour minus non-tumour) of a whole slide.
+    """Mask of the labelled tumour region (tumour minus non-tumour) of a whole slide, sampled at cell centres.
+
+    For tile labels and pictures. The Camelyon16 evaluation's ground truth is made as ASAP made the organisers'
+    masks instead (block corners, floor-sized): :mod:`anomalib_wsi.evaluation.masks`.
 
     Args:
         annotations: annotations of the slide.
         slide_size_lv0: level-0 ``(width, height)``.
-        downsample: level-0 pixels per mask pixel (32 gives Camelyon16's level-5 evaluation grid).
+        downsample: level-0 pixels per mask pixel.
 
     Returns:
         (ceil(height / downsample), ceil(width / downsample)) bool mask.
