@@ -88,7 +88,10 @@ trainer = pl.Trainer(accelerator="cpu", strategy="ddp", devices=2, max_steps=3, 
                      num_sanity_val_steps=0, use_distributed_sampler=False, default_root_dir=sys.argv[1])
 trainer.fit(model, datamodule=Tiles())
 student = torch.cat([p.detach().flatten() for p in model.model.decoder.parameters()])
-print(f"rank {trainer.global_rank} steps {trainer.global_step} checksum {student.double().sum().item():.10f}")
+# one write of the whole line: two ranks share the pipe, and print's separate newline let lines run together
+checksum = student.double().sum().item()
+sys.stdout.write(f"rank {trainer.global_rank} steps {trainer.global_step} checksum {checksum:.10f}\n")
+sys.stdout.flush()
 """
 
 
