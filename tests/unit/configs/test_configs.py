@@ -15,7 +15,11 @@ PACKAGED = Path(__file__).resolve().parents[3] / "anomalib_wsi" / "configs"
 
 def test_every_top_level_config_is_packaged_byte_for_byte() -> None:
     top_level = sorted(p.stem for p in TOP_LEVEL.glob("*.yaml"))
-    assert top_level == config_names() == ["padim_wsi", "patchcore_wsi", "rd_focal_demo", "rd_focal_wsi", "rd_focal_wsi_stain"]
+    assert (
+        top_level
+        == config_names()
+        == ["padim_wsi", "patchcore_wsi", "rd_focal_demo", "rd_focal_wsi", "rd_focal_wsi_stain"]
+    )
     for name in top_level:
         packaged, copy = PACKAGED / f"{name}.yaml", TOP_LEVEL / f"{name}.yaml"
         assert copy.read_bytes() == packaged.read_bytes(), (
