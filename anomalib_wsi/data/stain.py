@@ -325,9 +325,10 @@ class StainNormalizer:
     passed_through: int = 0
     _maps: dict[Any, _SourceMap | None] = field(default_factory=dict, repr=False)
     _pid: int = field(default_factory=os.getpid, repr=False)
+    _buffers: tuple[np.ndarray, np.ndarray] | None = field(default=None, repr=False)
 
     def __getstate__(self) -> dict[str, Any]:
-        return {"reference": self.reference, "passed_through": 0, "_maps": {}, "_pid": -1}
+        return {"reference": self.reference, "passed_through": 0, "_maps": {}, "_pid": -1, "_buffers": None}
 
     def _check_pid(self) -> None:
         if self._pid != os.getpid():
@@ -366,26 +367,41 @@ class StainNormalizer:
                 self._maps[key] = None
         return self._maps[key]
 
-    def apply(self, tile: np.ndarray, source: _SourceMap | None, check_stain: bool = False) -> tuple[np.ndarray, bool]:
+    def apply(
+        self, tile: np.ndarray, source: _SourceMap | None, check_stain: bool = False, out: np.ndarray | None = None
+    ) -> tuple[np.ndarray, bool]:
         """``tile`` (uint8 RGB (H, W, 3)) through ``source``; unchanged (and counted) without a map.
 
         With ``check_stain`` a tile with almost no stained pixel is left unchanged too (a slide's map is applied
         to all its tiles: background stays near white under it, and one map keeps the slide's colours coherent).
+        ``out`` (uint8, the tile's shape; may be ``tile`` itself) receives the result instead of a new array.
         """
         self._check_pid()
         if source is None or (check_stain and stained_fraction(tile) < MIN_STAINED_FRACTION):
             self.passed_through += 1
             return tile, False
-        rgb = np.ascontiguousarray(tile[..., :3])
+        rgb = tile if tile.shape[-1] == 3 and tile.flags.c_contiguous else np.ascontiguousarray(tile[..., :3])
         if source.od_matrix is not None:
-            od = cv2.LUT(rgb, _OD_LUT)
-            od_out = cv2.transform(od, -source.od_matrix)
-            out = cv2.convertScaleAbs(cv2.exp(od_out), alpha=IO)  # IO * exp(-OD), saturated to 0-255
-        else:
-            assert source.lab_luts is not None
-            lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
-            out = cv2.cvtColor(cv2.LUT(lab, source.lab_luts), cv2.COLOR_LAB2RGB)
-        return out, True
+            od, od_out = self._scratch(rgb.shape)  # reused buffers: no page faults for new arrays per tile
+            cv2.LUT(rgb, _OD_LUT, dst=od)
+            cv2.transform(od, -source.od_matrix, dst=od_out)
+            cv2.exp(od_out, dst=od_out)
+            if out is None:
+                return cv2.convertScaleAbs(od_out, alpha=IO), True  # IO * exp(-OD), saturated to 0-255
+            cv2.convertScaleAbs(od_out, dst=out, alpha=IO)
+            return out, True
+        assert source.lab_luts is not None
+        lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
+        result = cv2.cvtColor(cv2.LUT(lab, source.lab_luts), cv2.COLOR_LAB2RGB)
+        if out is not None:
+            out[...] = result
+            return out, True
+        return result, True
+
+    def _scratch(self, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        if self._buffers is None or self._buffers[0].shape != shape:
+            self._buffers = (np.empty(shape, np.float32), np.empty(shape, np.float32))
+        return self._buffers
 
     def normalize(self, tile: np.ndarray) -> tuple[np.ndarray, bool]:
         """One tile with its own stain estimated from it (ill-posed tiles come back unchanged, ``False``)."""

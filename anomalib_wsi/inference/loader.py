@@ -174,10 +174,7 @@ class TileBatches(Dataset):
         assert self.normalizer is not None
         slide_index = int(self.slide_of[index])
         source = self.normalizer.fit_slide(slide_index, lambda: self._source_tiles(slide_index))
-        out, changed = self.normalizer.apply(tile, source)
-        if changed:
-            tile[...] = out
-        return changed
+        return self.normalizer.apply(tile, source, out=tile)[1]  # in place, in the ring's slot
 
     def _source_tiles(self, slide_index: int) -> list[np.ndarray]:
         """A few tiles spread over the slide, read as they are (its source stain is estimated from them)."""
