@@ -230,3 +230,17 @@ def test_a_restained_synthetic_slide_reads_closer_to_the_original_after_normalis
     assert _mad(raw_a, raw_b) > 6  # the re-staining moves the tiles by 8.6 grey levels
     assert _mad(norm_a, norm_b) < 0.5 * _mad(raw_a, raw_b)  # measured 3.0 (Macenko), 3.1 (Reinhard)
     assert unchanged == 0
+
+
+def test_the_data_module_stores_the_fitted_reference_as_plain_numbers(tmp_path: Path) -> None:
+    from anomalib_wsi.data.datamodule import WSIDataModule
+
+    datamodule = WSIDataModule(root=tmp_path, stain_normalization="macenko")
+    assert datamodule.stain == StainReference.default_macenko()
+    assert datamodule.hparams["stain_reference"] == StainReference.default_macenko().as_dict()
+    assert WSIDataModule(root=tmp_path).hparams["stain_reference"] is None
+    with pytest.raises(WSIError, match=r"data\.stain_reference: Reinhard normalisation needs a reference"):
+        WSIDataModule(root=tmp_path, stain_normalization="reinhard")
+    # a data module rebuilt from a checkpoint's hyper-parameters takes the stored fit as it is
+    rebuilt = WSIDataModule(**{**dict(datamodule.hparams), "root": str(tmp_path)})
+    assert rebuilt.stain == datamodule.stain
