@@ -178,9 +178,17 @@ def fit_reference(images: list[np.ndarray], method: str, where: str = "stain ref
     return fit
 
 
-def _fit(images: list[np.ndarray], method: str) -> StainReference | None:
-    """torchstain's fit on the stained pixels of ``images``; None when ill-posed (too little stain, not finite)."""
+#: Pixels a slide's source stain is fitted on (an even subsample of its sample tiles: 50 ms instead of 200 ms
+#: for 16 tiles of 256 px), and at most for a reference.
+SOURCE_PIXELS = 1 << 18
+REFERENCE_PIXELS = 1 << 23
+
+
+def _fit(images: list[np.ndarray], method: str, max_pixels: int = REFERENCE_PIXELS) -> StainReference | None:
+    """torchstain's fit on the pixels of ``images``; None when ill-posed (too little stain, not finite)."""
     pixels = _all_pixels(images)
+    if pixels.shape[1] > max_pixels:  # an even subsample: the percentiles and statistics barely move
+        pixels = np.ascontiguousarray(pixels[:, :: -(-pixels.shape[1] // max_pixels)])
     stained = stained_fraction(pixels)
     if stained < MIN_STAINED_FRACTION or stained * pixels.shape[1] < 64:
         return None
@@ -336,7 +344,7 @@ class StainNormalizer:
 
     def source_map(self, images: list[np.ndarray]) -> _SourceMap | None:
         """The colour map from the stain of ``images`` to the reference; None when that stain is ill-posed."""
-        source = _fit(images, self.reference.method)
+        source = _fit(images, self.reference.method, max_pixels=SOURCE_PIXELS)
         if source is None:
             return None
         if self.reference.method == "macenko":
