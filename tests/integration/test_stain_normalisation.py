@@ -3,6 +3,7 @@ prediction applies it with no option, and the reference is part of the resume fi
 
 from __future__ import annotations
 
+import importlib.util
 import json
 from pathlib import Path
 
@@ -74,6 +75,16 @@ def test_training_with_normalisation_stores_the_reference_and_prediction_applies
         direct = predictor.predict(model=model, slides=[slide], output_dir=tmp_path / "direct")
         summary = json.loads(direct[0].paths["summary"].read_text())
         assert summary["settings"]["stain_normalization"] == datamodule.stain.as_dict()
+
+        # an exported model carries the reference in its metadata.json, and predicts with it
+        if importlib.util.find_spec("onnxruntime") is not None:
+            from anomalib_wsi.inference.export import export_model, load_exported
+
+            onnx = export_model(ckpt, "onnx", tmp_path / "export")
+            assert load_exported(onnx)[1]["stain"] == datamodule.stain
+            exported = predictor.predict(model=onnx, slides=[slide], output_dir=tmp_path / "onnx")
+            summary = json.loads(exported[0].paths["summary"].read_text())
+            assert summary["settings"]["stain_normalization"] == datamodule.stain.as_dict()
 
         # the same checkpoint without the reference is another run: no outputs are reused across the two
         with_stain = run_fingerprint(ckpt, model, PredictionSettings(stain=datamodule.stain))
