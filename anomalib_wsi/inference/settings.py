@@ -11,13 +11,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
-from anomalib_wsi.data.stain import StainReference
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.slide.tiling import TilingConfig
+
+if TYPE_CHECKING:  # the stain module imports torch: not on the way of `anomalib-wsi --help`
+    from anomalib_wsi.data.stain import StainReference
 
 __all__ = [
     "PRECISIONS",
