@@ -1,4 +1,4 @@
-"""The ``anomalib-wsi`` command: synth, tile, predict, export, evaluate, demo, benchmark.
+"""The ``anomalib-wsi`` command: synth, tile, predict, export, evaluate, demo, benchmark, stain.
 
 Sub-commands are built with jsonargparse, as anomalib's own CLI is: one module of this package per command, each
 with ``parser()`` and ``run(**options)``, a thin layer over a Python function whose heavy imports happen only when
@@ -26,7 +26,7 @@ __all__ = ["COMMANDS", "build_parser", "main"]
 
 
 #: The sub-commands, each a module of this package with ``parser()`` and ``run(**options)``.
-COMMANDS = ("synth", "tile", "predict", "export", "evaluate", "demo", "benchmark")
+COMMANDS = ("synth", "tile", "predict", "export", "evaluate", "demo", "benchmark", "stain")
 
 
 def build_parser() -> ArgumentParser:

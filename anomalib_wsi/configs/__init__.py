@@ -1,7 +1,8 @@
 """The packaged YAML configs: the settings the demo and the Camelyon16 runner read, and ``anomalib train`` trains.
 
-``rd_focal_demo.yaml`` (the synthetic demo: resnet18, 64 px tiles, CPU) and ``rd_focal_wsi.yaml`` (He & Li's
-Camelyon16 setting) are installed with the package, so ``pip install anomalib-wsi`` (not only a clone) has them.
+``rd_focal_demo.yaml`` (the synthetic demo: resnet18, 64 px tiles, CPU), ``rd_focal_wsi.yaml`` (He & Li's
+Camelyon16 setting) and ``rd_focal_wsi_stain.yaml`` (the same plus stain normalisation and H&E augmentation) are
+installed with the package, so ``pip install anomalib-wsi`` (not only a clone) has them.
 These files are the source; the repository's top-level ``configs/`` holds byte-identical copies for
 ``anomalib train --config configs/<name>.yaml`` (a test keeps the two equal).
 

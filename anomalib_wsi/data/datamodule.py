@@ -35,6 +35,7 @@ from anomalib_wsi.data.coordinates import (
     split_by_coordinates,
 )
 from anomalib_wsi.data.dataset import WSITileDataset
+from anomalib_wsi.data.stain import StainReference, resolve_reference
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.files import atomic_path
 from anomalib_wsi.slide.reader import SLIDE_EXTENSIONS, Slide, list_slides
@@ -113,6 +114,13 @@ class WSIDataModule(AnomalibDataModule):
         test_augmentations: augmentations of test tiles.
         augmentations: augmentations for every split without its own.
         seed: seed of the split and the tile sampling.
+        stain_normalization: ``"macenko"`` or ``"reinhard"``: stain-normalise every tile (training, validation,
+            test, and prediction with the checkpoint) to ``stain_reference``, in the DataLoader workers; None
+            (default, as FW-RD): the tiles as scanned.
+        stain_reference: what to normalise to: a tile (PNG/JPEG/TIFF), a folder of tiles, a slide region
+            ``SLIDE@x,y,width,height`` (level-0 px), a fit written by ``anomalib-wsi stain fit`` (``.json``) or
+            its dict. None with Macenko: torchstain's standard H&E reference. The fitted reference (plain
+            numbers) is what the checkpoint stores.
 
     Example:
         >>> from anomalib_wsi import WSIDataModule                       # doctest: +SKIP
@@ -150,12 +158,17 @@ class WSIDataModule(AnomalibDataModule):
         test_augmentations: Transform | None = None,
         augmentations: Transform | None = None,
         seed: int = 0,
+        stain_normalization: str | None = None,
+        stain_reference: str | Path | dict[str, Any] | None = None,
     ) -> None:
+        # the fitted reference (plain numbers) replaces what named it, so the checkpoint needs no reference file
+        stain = resolve_reference(stain_normalization, stain_reference, where="data.stain_reference")
+        stain_reference = stain.as_dict() if stain is not None else None
         # plain types only, so checkpoints load with torch.load(weights_only=True)
         hparams = {
             key: str(value) if isinstance(value, Path) else value
             for key, value in locals().items()
-            if key not in {"self", "__class__"} and not key.endswith("augmentations")
+            if key not in {"self", "__class__", "stain"} and not key.endswith("augmentations")
         }
         hparams["coordinates"] = coordinate_spec_strings(coordinates)
         super().__init__(
@@ -178,6 +191,7 @@ class WSIDataModule(AnomalibDataModule):
             raise ValueError(msg)
         # stored in checkpoints, so prediction reuses the training resolution and tile size
         self.save_hyperparameters(hparams)
+        self.stain: StainReference | None = stain
         self.root = Path(root)
         self.annotations = Path(annotations) if annotations is not None else None
         self.mpp = float(mpp)
@@ -365,6 +379,9 @@ class WSIDataModule(AnomalibDataModule):
         A one-class model (see :meth:`resolve_normal_only`) gets the normal tiles only.
         """
         model = getattr(getattr(self, "trainer", None), "lightning_module", None)
+        if model is not None and self.stain is not None:
+            # a model predicted with straight after training, without its checkpoint, normalises its tiles too
+            model.stain_reference = self.stain
         if self.resolve_normal_only(model):
             samples = self.train_data.samples
             tumour = samples["label_index"] == 1
@@ -376,7 +393,7 @@ class WSIDataModule(AnomalibDataModule):
                     int((~tumour).sum()),
                     int(tumour.sum()),
                 )
-                self.train_data = WSITileDataset(samples[~tumour], self.mpp, with_masks=False)
+                self.train_data = WSITileDataset(samples[~tumour], self.mpp, with_masks=False, stain=self.stain)
         return self._loader(self.train_data, self.train_batch_size, shuffle=True)
 
     def resolve_normal_only(self, model: Any) -> bool:
@@ -452,10 +469,10 @@ class WSIDataModule(AnomalibDataModule):
             if not frame.empty:
                 frame["label_index"] = frame["label"].astype(int)
                 frame["split"] = split
-        self.train_data = WSITileDataset(frames["train"], self.mpp, with_masks=False)
+        self.train_data = WSITileDataset(frames["train"], self.mpp, with_masks=False, stain=self.stain)
         for split in ("val", "test"):
             frame = frames[split] if not frames[split].empty else frames["train"].iloc[:0]
-            setattr(self, f"{split}_data", WSITileDataset(frame, self.mpp, with_masks=True))
+            setattr(self, f"{split}_data", WSITileDataset(frame, self.mpp, with_masks=True, stain=self.stain))
         counts = frames["train"]["label_index"].value_counts().to_dict()
         logger.info(
             "training tiles: %d normal, %d tumour; validation %d, test %d",

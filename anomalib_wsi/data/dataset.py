@@ -19,6 +19,7 @@ from anomalib.data.datasets.base.image import AnomalibDataset
 from torchvision.transforms.v2 import Transform
 from torchvision.tv_tensors import Mask
 
+from anomalib_wsi.data.stain import StainNormalizer, StainReference, sample_rows
 from anomalib_wsi.slide.reader import ReadPlan, Slide
 
 __all__ = ["SlideHandleCache", "WSITileDataset", "tile_image_path"]
@@ -74,6 +75,9 @@ class WSITileDataset(AnomalibDataset):
         target_mpp: resolution the tiles are read at.
         augmentations: torchvision v2 transforms applied to each item.
         with_masks: give each item a ``gt_mask`` (tile-sized, from the annotations); needed for pixel metrics.
+        stain: stain-normalise every tile to this reference (before the augmentations), each slide with one
+            colour map estimated from a few of its tiles in this dataset (see
+            :class:`~anomalib_wsi.data.stain.StainNormalizer`).
 
     Example:
         >>> dataset = WSITileDataset(samples, target_mpp=0.5)  # doctest: +SKIP
@@ -86,8 +90,11 @@ class WSITileDataset(AnomalibDataset):
         target_mpp: float,
         augmentations: Transform | None = None,
         with_masks: bool = True,
+        stain: StainReference | None = None,
     ) -> None:
         super().__init__(augmentations=augmentations)
+        self.stain = stain
+        self.normalizer = StainNormalizer(stain) if stain is not None else None
         missing = [c for c in _REQUIRED if c not in samples.columns]
         if missing:
             msg = f"tile samples lack columns {missing}"
@@ -142,6 +149,20 @@ class WSITileDataset(AnomalibDataset):
         slide = self.handles.slide(str(row.slide_path), mpp)
         return slide.read_tile(int(row.x), int(row.y), self._plan(row))
 
+    def normalized_image(self, index: int) -> np.ndarray:
+        """The tile of row ``index``, stain-normalised when the dataset has a reference."""
+        image = self.read_image(index)
+        if self.normalizer is None:
+            return image
+        path = str(self.samples.iloc[index].slide_path)
+        source = self.normalizer.fit_slide(path, lambda: self._source_tiles(path))
+        return self.normalizer.apply(image, source)[0]
+
+    def _source_tiles(self, slide_path: str) -> list[np.ndarray]:
+        """A few of the slide's tiles in this dataset, spread over its rows (its source stain comes from them)."""
+        rows = np.flatnonzero(self.samples.slide_path.astype(str).to_numpy() == slide_path)
+        return [self.read_image(int(rows[i])) for i in sample_rows(len(rows))]
+
     def tile_mask(self, index: int) -> np.ndarray:
         """Boolean tumour mask of the tile (tile_size_px square), rasterised from the slide's annotations."""
         row = self.samples.iloc[index]
@@ -160,7 +181,7 @@ class WSITileDataset(AnomalibDataset):
         return rasterise(local, (size, size), side / size)
 
     def __getitem__(self, index: int) -> ImageItem:
-        image = torch.from_numpy(self.read_image(index)).permute(2, 0, 1).contiguous()
+        image = torch.from_numpy(self.normalized_image(index)).permute(2, 0, 1).contiguous()
         label_index = int(self.samples.iloc[index].label_index)
         gt_mask = Mask(torch.from_numpy(self.tile_mask(index)).to(torch.uint8)) if self.with_masks else None
         if self.augmentations:

@@ -206,6 +206,7 @@ class _Description:
     background_rgb: np.ndarray  # (3,) float32
     stain_e: float  # eosin concentration of stroma
     island_boxes: np.ndarray = field(init=False)
+    stain_od: np.ndarray = field(default_factory=lambda: np.stack([_H_OD, _E_OD]))  # (2, 3): H and E, RGB OD
 
     def __post_init__(self) -> None:
         self.island_boxes = np.array([p.bounds for p in self.islands], np.float64).reshape(-1, 4)
@@ -514,7 +515,7 @@ def _render_block(desc: _Description, x0: int, y0: int, w: int, h: int) -> np.nd
     grain_tissue = 1.2 * grain * t
     planes = []
     for channel in range(3):
-        od = c_h * _H_OD[channel] + c_e * _E_OD[channel]
+        od = c_h * desc.stain_od[0, channel] + c_e * desc.stain_od[1, channel]
         plane = (desc.background_rgb[channel] + grain_bg) * cv2.exp(-od) + grain_tissue
         planes.append(cv2.convertScaleAbs(plane))
     return cv2.merge(planes)
@@ -691,6 +692,7 @@ def synthesize_slide(
     jpeg_quality: int = 90,
     min_level_px: int = 1024,
     workers: int | None = None,
+    stain_od: Any = None,
 ) -> SyntheticSlide:
     """Write one synthetic H&E-like pyramidal TIFF and, for a tumour slide, its Camelyon16-style ASAP XML.
 
@@ -707,6 +709,8 @@ def synthesize_slide(
         jpeg_quality: JPEG quality of the tiles (1-100).
         min_level_px: reduced levels halve the size as long as the longer side stays at least this.
         workers: threads that render and compress tiles (default: up to 2, the CPUs available).
+        stain_od: RGB optical densities of haematoxylin and eosin, ((r, g, b), (r, g, b)); default Macenko's
+            reference vectors. Another pair re-stains the same tissue (the geometry depends on the seed only).
 
     Returns:
         The slide's path, size, mpp and geometry (level-0 pixels).
@@ -728,6 +732,12 @@ def synthesize_slide(
     if workers is None:
         workers = max(1, min(8, len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else 2))
     desc = _describe(size[0], size[1], mpp, int(seed), tumour, n_islands, n_lesions)
+    if stain_od is not None:
+        od = np.asarray(stain_od, np.float32)
+        if od.shape != (2, 3) or not (np.isfinite(od).all() and (od >= 0).all()):
+            msg = f"stain_od must be two non-negative RGB optical densities ((r, g, b), (r, g, b)), got {stain_od!r}"
+            raise SynthOptionError(msg)
+        desc.stain_od = od
     levels = _write_tiff(desc, path, jpeg_quality, min_level_px, workers)
     written_xml: Path | None = None
     if desc.tumours:

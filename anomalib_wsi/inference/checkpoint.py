@@ -37,8 +37,21 @@ def trained_checkpoint(engine: Engine, fallback: Path) -> Path:
 
 
 def _data_settings(ckpt: Path, data_hparams: dict[str, Any]) -> dict[str, Any]:
-    """The training data's ``mpp`` and ``tile_size_px`` from a checkpoint, checked once (absent keys are left out)."""
+    """The training data's ``mpp``, ``tile_size_px`` and stain reference from a checkpoint, checked once.
+
+    Absent keys are left out; ``stain`` is the fitted :class:`~anomalib_wsi.data.stain.StainReference` the data
+    module stored (its ``stain_reference`` hyper-parameter, plain numbers) when it normalised the training tiles.
+    """
     settings: dict[str, Any] = {}
+    if data_hparams.get("stain_normalization") not in (None, "none"):
+        from anomalib_wsi.data.stain import StainReference
+
+        try:
+            settings["stain"] = StainReference.from_dict(
+                data_hparams.get("stain_reference"), where=f"{ckpt}: the checkpoint's stain reference"
+            )
+        except WSIError as err:
+            raise CheckpointError(str(err)) from None
     if data_hparams.get("mpp") is not None:
         mpp = positive_number(data_hparams["mpp"])
         if mpp is None:
@@ -61,7 +74,10 @@ def _data_settings(ckpt: Path, data_hparams: dict[str, Any]) -> dict[str, Any]:
 
 
 def load_model(model: Any, ckpt_path: str | Path | None) -> tuple[Any, dict[str, Any]]:
-    """The model to predict with, and the training data's ``mpp`` / ``tile_size_px`` stored in the checkpoint.
+    """The model to predict with, and the training data's ``mpp`` / ``tile_size_px`` / ``stain`` in the checkpoint.
+
+    A model instance given without a checkpoint brings the stain reference of the data module it was trained
+    with, when that data module set it on the model (``stain_reference``; see ``WSIDataModule``).
 
     ``model`` may be a class, a name (``"Padim"``), an instance, or None: the class the checkpoint records (written
     there by the :class:`~anomalib_wsi.post_processing.post_processor.WSIPostProcessor`, or LightningCLI's
@@ -82,7 +98,8 @@ def load_model(model: Any, ckpt_path: str | Path | None) -> tuple[Any, dict[str,
         if model is None or isinstance(model, type):
             msg = "predicting slides needs a checkpoint: pass ckpt_path (anomalib-wsi predict --ckpt MODEL.ckpt)"
             raise CheckpointError(msg)
-        return model, {}
+        stain = getattr(model, "stain_reference", None)
+        return model, ({"stain": stain} if stain is not None else {})
     ckpt = Path(ckpt_path)
     if not ckpt.is_file():
         msg = f"{ckpt}: checkpoint not found; pass the .ckpt written by training (results/.../weights/lightning)"

@@ -203,7 +203,9 @@ class WSIEngine(Engine):
             )
         except ValueError as err:
             raise WSIError(str(err).replace("TilingConfig.", "")) from None
-        settings = PredictionSettings(tiling=tiling, slide_mpp=slide_mpp, precision=self.precision)
+        settings = PredictionSettings(
+            tiling=tiling, slide_mpp=slide_mpp, precision=self.precision, stain=data_settings.get("stain")
+        )
         ckpt = Path(ckpt_path) if ckpt_path else None
         slide_paths, problems = resolve_slides(slides)
         self.last_run = self._predict_slides(module, ckpt, slide_paths, output_dir, settings, problems)
@@ -357,7 +359,7 @@ class WSIEngine(Engine):
         forward = TileForward(
             module, device, settings.precision, self.compile_model, self.channels_last, self.batch_size, map_cells
         )
-        loader, dataset, ring = make_tile_loader(jobs, self.batch_size, self.num_workers)
+        loader, dataset, ring = make_tile_loader(jobs, self.batch_size, self.num_workers, stain=settings.stain)
         pending = {i for i, job in enumerate(jobs) if len(job.table) > 0}
         for job in jobs:  # slides without tissue tiles finish at once
             if len(job.table) == 0:
@@ -385,6 +387,7 @@ class WSIEngine(Engine):
                         rows.x.to_numpy(), rows.y.to_numpy(), scores[sel], maps[sel] if maps is not None else None
                     )
                 job.done += int(sel.sum())
+                job.stain_unchanged += int(batch["stain_unchanged"][sel].sum())
                 if job.done >= len(job.table) and int(slide_index) in pending:
                     pending.discard(int(slide_index))
                     job.timings["predict_s"] = time.perf_counter() - job.started
@@ -482,6 +485,8 @@ class WSIEngine(Engine):
             "settings": {**settings.as_dict(), **post_processor_settings(module.post_processor)},
             "fingerprint": job.fingerprint,
         }
+        if settings.stain is not None:  # tiles left as scanned: their slide's stain could not be estimated
+            summary["stain_unchanged_tiles"] = job.stain_unchanged
         paths = write_slide_outputs(
             job.out_dir,
             heatmap,

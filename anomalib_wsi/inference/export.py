@@ -144,6 +144,7 @@ def export_metadata(module: Any, data_settings: dict[str, Any], tile_size_px: in
             "slide_settings": post.slide_settings(),
         },
         "checkpoint": str(ckpt) if ckpt is not None else None,
+        "stain_reference": data_settings["stain"].as_dict() if data_settings.get("stain") is not None else None,
     }
 
 
@@ -327,4 +328,10 @@ def load_exported(model_path: str | Path) -> tuple[ExportedModel, dict[str, Any]
     data_settings: dict[str, Any] = {"tile_size_px": exported.tile_size_px}
     if metadata.get("mpp") is not None:
         data_settings["mpp"] = float(metadata["mpp"])
+    if metadata.get("stain_reference") is not None:  # the training data's stain normalisation
+        from anomalib_wsi.data.stain import StainReference
+
+        data_settings["stain"] = StainReference.from_dict(
+            metadata["stain_reference"], where=f"{meta_path}: the export's stain reference"
+        )
     return exported, data_settings

@@ -22,6 +22,7 @@ import pandas as pd
 import torch
 from torch.utils.data import DataLoader, Dataset
 
+from anomalib_wsi.data.stain import StainNormalizer, StainReference, sample_rows
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.slide.reader import ReadPlan, Slide
 
@@ -100,9 +101,19 @@ class TileBatches(Dataset):
     A worker reads a whole batch into its slot and returns the batch number with two small index arrays and the
     error messages, so the main process receives no pixels and collates nothing. Tiles stay channels-last
     (H, W, 3) as read; on the device a permute makes them the (N, 3, H, W) channels-last tensor the network wants.
+
+    With ``stain`` each tile is stain-normalised in the worker right after its read, with its slide's colour map
+    (estimated by the worker from a few of the slide's tiles, see :class:`~anomalib_wsi.data.stain.StainNormalizer`);
+    ``stain_unchanged`` in each batch marks the tiles left as they were (their slide's stain was ill-posed).
     """
 
-    def __init__(self, jobs: list[SlideJob], batch_size: int, ring: TileRing | None = None) -> None:
+    def __init__(
+        self,
+        jobs: list[SlideJob],
+        batch_size: int,
+        ring: TileRing | None = None,
+        stain: StainReference | None = None,
+    ) -> None:
         self.slides = [(str(j.slide_path), j.slide_mpp, j.plan) for j in jobs]
         self.batch_size = int(batch_size)
         self.tile_size_px = jobs[0].plan.tile_size_px if jobs else 0
@@ -118,7 +129,9 @@ class TileBatches(Dataset):
             [j.table.y.to_numpy(np.int64)[o] for j, o in zip(jobs, orders, strict=True)] or [empty]
         )
         self.n_tiles = int(sum(counts))
+        self.slide_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.ring = ring
+        self.normalizer = StainNormalizer(stain) if stain is not None else None
         self._handles: dict[int, Slide] = {}
         self._pid = -1
 
@@ -137,10 +150,13 @@ class TileBatches(Dataset):
             images = torch.empty((stop - start, side, side, 3), dtype=torch.uint8)
         pixels = images.numpy()
         errors = {}  # row -> message, for the tiles that could not be read
+        unchanged = np.zeros(stop - start, dtype=bool)  # tiles the stain normalisation left as they were
         for row, index in enumerate(range(start, stop)):
             error = self._read_into(pixels[row], index)
             if error:
                 errors[row] = error
+            elif self.normalizer is not None:
+                unchanged[row] = not self._normalize(pixels[row], index)
         if self.ring is not None:
             self.ring.stamps[self.ring.slot(batch)] = batch  # after the pixels: the slot now holds this batch
         return {
@@ -150,7 +166,24 @@ class TileBatches(Dataset):
             "slide": self.slide_of[start:stop].copy(),  # numpy: pickled inline, not handed over as shared memory
             "index": self.index_in_slide[start:stop].copy(),
             "error": errors,
+            "stain_unchanged": unchanged,
         }
+
+    def _normalize(self, tile: np.ndarray, index: int) -> bool:
+        """Stain-normalise ``tile`` (of tile ``index``) in place with its slide's map; False: left unchanged."""
+        assert self.normalizer is not None
+        slide_index = int(self.slide_of[index])
+        source = self.normalizer.fit_slide(slide_index, lambda: self._source_tiles(slide_index))
+        return self.normalizer.apply(tile, source, out=tile)[1]  # in place, in the ring's slot
+
+    def _source_tiles(self, slide_index: int) -> list[np.ndarray]:
+        """A few tiles spread over the slide, read as they are (its source stain is estimated from them)."""
+        start, stop = int(self.slide_start[slide_index]), int(self.slide_start[slide_index + 1])
+        _, _, plan = self.slides[slide_index]
+        handle = self._handles[slide_index]  # opened by the read of the tile being normalised
+        return [
+            handle.read_tile(int(self.xs[start + i]), int(self.ys[start + i]), plan) for i in sample_rows(stop - start)
+        ]
 
     def _read_into(self, out: np.ndarray, index: int) -> str:
         """Read tile ``index`` into ``out``; zeros and the error message when it cannot be read."""
@@ -225,6 +258,7 @@ class SlideJob:
     thumbnail_downsample: float
     stored_tile_lv0: float = 0.0  # height of the file's own tiles at the level read, level-0 px (0: unknown)
     fingerprint: str = ""
+    stain_unchanged: int = 0  # tiles the stain normalisation left as they were (slide stain ill-posed)
     timings: dict[str, float] = field(default_factory=dict)
     accumulator: Any = None
     done: int = 0
@@ -239,9 +273,11 @@ class SlideJob:
 
 
 def make_tile_loader(
-    jobs: list[SlideJob], batch_size: int, num_workers: int
+    jobs: list[SlideJob], batch_size: int, num_workers: int, stain: StainReference | None = None
 ) -> tuple[DataLoader, TileBatches, TileRing]:
     """The DataLoader over all tiles of ``jobs`` in batches, its dataset and the ring of slots it reads into.
+
+    With ``stain`` the workers stain-normalise the tiles to that reference (see :class:`TileBatches`).
 
     The ring has ``PREFETCH * workers + 2`` slots (never more than there are batches), enough that no slot is
     overwritten while the main process or the device still reads it (see :class:`TileRing`).
@@ -249,7 +285,7 @@ def make_tile_loader(
     n_batches = -(-sum(len(job.table) for job in jobs) // batch_size)
     n_slots = min(n_batches, PREFETCH * max(1, num_workers) + 2)
     ring = TileRing(max(1, n_slots), batch_size, jobs[0].plan.tile_size_px)
-    dataset = TileBatches(jobs, batch_size, ring)
+    dataset = TileBatches(jobs, batch_size, ring, stain=stain)
     loader = DataLoader(
         dataset,
         batch_size=None,  # the dataset's items are whole batches

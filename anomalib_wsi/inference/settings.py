@@ -11,12 +11,15 @@ import dataclasses
 import math
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.slide.tiling import TilingConfig
+
+if TYPE_CHECKING:  # the stain module imports torch: not on the way of `anomalib-wsi --help`
+    from anomalib_wsi.data.stain import StainReference
 
 __all__ = [
     "PRECISIONS",
@@ -44,11 +47,13 @@ class PredictionSettings:
             from the checkpoint, :data:`PREDICT_MIN_TISSUE`).
         slide_mpp: level-0 mpp for slides that record none.
         precision: "32", "bf16" or "16" (autocast).
+        stain: the stain reference tiles are normalised to (the training data's, from the checkpoint), or None.
     """
 
     tiling: TilingConfig = field(default_factory=lambda: TilingConfig(min_tissue=PREDICT_MIN_TISSUE))
     slide_mpp: float | None = None
     precision: str = "32"
+    stain: StainReference | None = None
 
     def __post_init__(self) -> None:
         if self.precision not in PRECISIONS:
@@ -66,7 +71,8 @@ class PredictionSettings:
     def as_dict(self) -> dict[str, Any]:
         """Plain data for ``summary.json`` and the fingerprint: the tiling fields flat, then the others."""
         tiling = dataclasses.asdict(self.tiling)
-        return {**tiling, "slide_mpp": self.slide_mpp, "precision": self.precision}
+        stain = {"stain_normalization": self.stain.as_dict()} if self.stain is not None else {}
+        return {**tiling, "slide_mpp": self.slide_mpp, "precision": self.precision, **stain}
 
 
 @dataclass

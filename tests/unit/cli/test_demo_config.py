@@ -23,7 +23,7 @@ def test_camelyon16_runner_uses_the_paper_config_settings() -> None:
     assert settings["predict"] == PREDICT_SETTINGS
 
 
-@pytest.mark.parametrize("name", ["rd_focal_demo.yaml", "rd_focal_wsi.yaml"])
+@pytest.mark.parametrize("name", ["rd_focal_demo.yaml", "rd_focal_wsi.yaml", "rd_focal_wsi_stain.yaml"])
 def test_config_class_paths_and_arguments_exist(name: str) -> None:
     import importlib
 

@@ -15,7 +15,11 @@ PACKAGED = Path(__file__).resolve().parents[3] / "anomalib_wsi" / "configs"
 
 def test_every_top_level_config_is_packaged_byte_for_byte() -> None:
     top_level = sorted(p.stem for p in TOP_LEVEL.glob("*.yaml"))
-    assert top_level == config_names() == ["padim_wsi", "patchcore_wsi", "rd_focal_demo", "rd_focal_wsi"]
+    assert (
+        top_level
+        == config_names()
+        == ["padim_wsi", "patchcore_wsi", "rd_focal_demo", "rd_focal_wsi", "rd_focal_wsi_stain"]
+    )
     for name in top_level:
         packaged, copy = PACKAGED / f"{name}.yaml", TOP_LEVEL / f"{name}.yaml"
         assert copy.read_bytes() == packaged.read_bytes(), (
@@ -58,3 +62,26 @@ def test_anomalib_model_configs_build_a_slide_model_and_a_one_class_data_module(
     datamodule = WSIDataModule(**config["data"]["init_args"])
     assert datamodule.normal_only is None and datamodule.resolve_normal_only(built) is True
     assert config["trainer"]["max_epochs"] == 1
+
+
+def test_the_stain_config_is_the_paper_config_plus_normalisation_and_h_and_e_augmentation(tmp_path: Path) -> None:
+    from jsonargparse import ArgumentParser
+
+    from anomalib_wsi.data.datamodule import WSIDataModule
+    from anomalib_wsi.data.stain import HEDJitter, RandomRot90
+
+    paper, stain = load_config("rd_focal_wsi"), load_config("rd_focal_wsi_stain")
+    assert "stain_normalization" not in paper["data"]["init_args"]  # FW-RD: the tiles as scanned
+    assert stain["model"] == paper["model"] and stain["trainer"] == paper["trainer"]
+    extra = {k: v for k, v in stain["data"]["init_args"].items() if k not in paper["data"]["init_args"]}
+    assert sorted(extra) == ["stain_normalization", "stain_reference", "train_augmentations"]
+    assert {k: v for k, v in stain["data"]["init_args"].items() if k not in extra} == paper["data"]["init_args"]
+
+    data = stain["data"]
+    data["init_args"].update(root=str(tmp_path), annotations=None)
+    parser = ArgumentParser()
+    parser.add_subclass_arguments(WSIDataModule, "data")  # as anomalib train --config builds it
+    datamodule = parser.instantiate_classes(parser.parse_object({"data": data})).data
+    assert datamodule.stain is not None and datamodule.stain.method == "macenko"
+    kinds = [type(t) for t in datamodule.train_augmentations.transforms]
+    assert HEDJitter in kinds and RandomRot90 in kinds
