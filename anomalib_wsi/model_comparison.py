@@ -364,7 +364,8 @@ def compare_models(
         One :class:`ModelRow` per model, in the order given.
 
     Raises:
-        WSIError: an unknown model, a missing root, or a cohort without held-out slides.
+        WSIError: an unknown model, an option out of range, a missing root or weights file, or a cohort without
+            held-out slides.
     """
     import pandas as pd
     import torch
@@ -375,6 +376,15 @@ def compare_models(
     names = parse_model_names(models)
     if not isinstance(epochs, int) or epochs < 1:
         msg = f"--epochs {epochs}: pass a whole number of epochs, 1 or more"
+        raise WSIError(msg)
+    if not isinstance(tile_size_px, int) or tile_size_px < 32 or tile_size_px % 32:
+        msg = f"--tile-size {tile_size_px}: the backbones need a multiple of 32 px; pass e.g. --tile-size 64"
+        raise WSIError(msg)
+    if not isinstance(tiles_per_slide, int) or tiles_per_slide < 1:
+        msg = f"--tiles-per-slide {tiles_per_slide}: pass a whole number of tiles, 1 or more"
+        raise WSIError(msg)
+    if not (isinstance(mpp, int | float) and math.isfinite(mpp) and mpp > 0):
+        msg = f"--mpp {mpp}: the tile resolution must be a positive number of µm per pixel; pass e.g. --mpp 0.5"
         raise WSIError(msg)
     if weights_path is not None and not Path(weights_path).is_file():
         msg = f"--weights-path {weights_path}: file not found; pass a local .pth or .safetensors of {backbone}"

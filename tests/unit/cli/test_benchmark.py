@@ -44,6 +44,7 @@ def test_models_refuses_an_unknown_model_and_a_missing_root_before_writing(
     assert "unknown model 'TumourNet'" in line and "Padim" in line and "Patchcore" in line
     assert main(["benchmark", "models", "--root", str(tmp_path / "nowhere"), "--output", str(out)]) == 2
     assert "--root" in _one_error_line(capsys)
-    assert main(["benchmark", "models", "--epochs", "0", "--output", str(out)]) == 2
-    assert "--epochs 0" in _one_error_line(capsys)
+    for option, value in (("--epochs", "0"), ("--tile-size", "50"), ("--tiles-per-slide", "0"), ("--mpp", "-1")):
+        assert main(["benchmark", "models", option, value, "--output", str(out)]) == 2
+        assert f"{option} {value}" in _one_error_line(capsys)
     assert not out.exists()
