@@ -26,6 +26,7 @@ LAYERS = {
     "inference": 6,
     "engine": 6,
     "reproduction": 7,
+    "model_comparison": 7,
     "cli": 7,
     "__init__": 8,
 }
