@@ -90,7 +90,7 @@ trainer.fit(model, datamodule=Tiles())
 student = torch.cat([p.detach().flatten() for p in model.model.decoder.parameters()])
 # one write of the whole line: two ranks share the pipe, and print's separate newline let lines run together
 checksum = student.double().sum().item()
-sys.stdout.write(f"rank {trainer.global_rank} steps {trainer.global_step} checksum {checksum:.10f}\n")
+sys.stdout.write(f"rank {trainer.global_rank} steps {trainer.global_step} checksum {checksum:.10f}\\n")
 sys.stdout.flush()
 """
 
