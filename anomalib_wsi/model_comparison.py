@@ -28,6 +28,9 @@ written under the output folder) and the models are tiny (:data:`MODEL_SETTINGS`
 64 px tiles at 1 µm/px, 2 epochs), so the whole comparison runs in minutes on two CPU cores: it checks the wiring,
 it says nothing about which model is better on real slides. ``root`` takes any cohort folder or manifest that
 ``WSIDataModule`` reads, and ``weights_path`` a local file of pre-trained backbone weights.
+
+Over 500 lines on purpose: the split, the per-model subprocess, the tile AUROC and the table are one command's
+protocol; training, prediction and evaluation it calls live elsewhere.
 """
 
 from __future__ import annotations

@@ -18,6 +18,9 @@ Expected layout under ``--root`` (the names of the official download)::
     training/tumor/tumor_001.tif ...      training/normal/normal_001.tif ...
     testing/images/test_001.tif ...       lesion_annotations/tumor_001.xml, test_001.xml ...
     reference.csv                          (Test_001,Tumor,Macro,... ; Test_002,Normal)
+
+Over 500 lines on purpose: the layout checks, the plan, the run and the comparison with the paper's figures are one
+protocol; the training, prediction and evaluation it calls live elsewhere.
 """
 
 from __future__ import annotations

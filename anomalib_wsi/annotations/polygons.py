@@ -10,6 +10,9 @@ minus non-tumour). Groups (ASAP ``PartOfGroup``, QuPath classification names) de
   and left out of both unions unless ``group_map`` names it.
 
 Matching is case-insensitive; for QuPath derived classes (``"Tumor: Positive"``) the first part decides.
+
+Over 500 lines on purpose: the annotation model and the geometry rules that both readers apply (groups, repair,
+clipping, bounds) belong together so that ASAP XML and GeoJSON cannot drift apart.
 """
 
 from __future__ import annotations

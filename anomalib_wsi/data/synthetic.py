@@ -22,6 +22,9 @@ Example:
     >>> cohort = synthesize_cohort("demo_data", n_slides=6, seed=0)
     >>> cohort.labels_csv, cohort.tumour_slide_ids
     (PosixPath('demo_data/labels.csv'), ['synth_000', 'synth_002', 'synth_004'])
+
+Over 500 lines on purpose: the slide painter (tissue, nuclei, stain, pyramid) and the cohort writer share one set of
+geometry and colour constants; split, each half would need the other's.
 """
 
 from __future__ import annotations

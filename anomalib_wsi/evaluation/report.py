@@ -23,6 +23,9 @@ Excluded by default, as the Camelyon16 organisers did: ``test_049`` (a duplicate
 it is left out of the FROC with a warning (it stays in the AUC).
 
 Outputs in ``<output>``: ``report.json``, ``report.md``, ``per_slide.csv``, ``roc.png``, ``froc.png``.
+
+Over 500 lines on purpose: it is the one place that joins predictions, labels and ground truth per slide and writes the
+report; the pure parts live in froc.py, masks.py and slide_metrics.py.
 """
 
 from __future__ import annotations

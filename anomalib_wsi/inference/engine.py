@@ -14,6 +14,9 @@
 
 It returns a :class:`~anomalib_wsi.inference.settings.PredictionRun`: the slides predicted, in the order given,
 with the failures and the streaming figures. Without ``slides`` it behaves as anomalib's ``Engine.predict``.
+
+Over 500 lines on purpose: the four steps share the per-run state (jobs, the run result, the stage clocks); the parts
+that stand alone are the sibling modules named above.
 """
 
 from __future__ import annotations
