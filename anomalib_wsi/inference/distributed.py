@@ -20,6 +20,7 @@ from anomalib_wsi.inference.settings import SlideFailure, SlidePrediction
 
 __all__ = [
     "FAILURE_COLUMNS",
+    "RUN_TABLES",
     "SUMMARY_COLUMNS",
     "default_num_workers",
     "distributed_rank",
@@ -29,6 +30,8 @@ __all__ = [
 
 logger = logging.getLogger(__name__)
 
+#: The run tables every prediction writes beside the slide folders.
+RUN_TABLES = ("summary.csv", "failures.csv")
 SUMMARY_COLUMNS = ["slide_id", "slide_path", "slide_score", "n_tiles", "n_lesions", "mpp", "status"]
 FAILURE_COLUMNS = ["slide_path", "slide_id", "stage", "error"]
 
@@ -109,9 +112,9 @@ def write_run_tables(
     def write(summary_rows: list[dict[str, Any]], failure_rows: list[dict[str, str]]) -> None:
         summary = pd.DataFrame(summary_rows, columns=SUMMARY_COLUMNS)
         summary = summary.sort_values("slide_id", key=lambda c: c.map(lambda v: position.get(v, len(position))))
-        atomic_write_csv(output_dir / "summary.csv", summary, ("slide_id", "slide_path"))
+        atomic_write_csv(output_dir / RUN_TABLES[0], summary, ("slide_id", "slide_path"))
         atomic_write_csv(
-            output_dir / "failures.csv", pd.DataFrame(failure_rows, columns=FAILURE_COLUMNS), tuple(FAILURE_COLUMNS)
+            output_dir / RUN_TABLES[1], pd.DataFrame(failure_rows, columns=FAILURE_COLUMNS), tuple(FAILURE_COLUMNS)
         )
 
     if world <= 1:

@@ -38,7 +38,7 @@ from anomalib_wsi.cohort import resolve_slides
 from anomalib_wsi.errors import WSIError
 from anomalib_wsi.files import remove_stale_temporaries
 from anomalib_wsi.inference.checkpoint import load_model
-from anomalib_wsi.inference.distributed import default_num_workers, distributed_rank, write_run_tables
+from anomalib_wsi.inference.distributed import RUN_TABLES, default_num_workers, distributed_rank, write_run_tables
 from anomalib_wsi.inference.export import is_exported_model, load_exported
 from anomalib_wsi.inference.forward import LaunchedBatch, TileForward
 from anomalib_wsi.inference.loader import SlideJob, make_tile_loader, stored_tile_lv0
@@ -55,13 +55,12 @@ from anomalib_wsi.post_processing.outputs import OPTIONAL_FILES, OUTPUT_FILES, c
 from anomalib_wsi.post_processing.overlay import HEATMAP_TIFF_MODES
 from anomalib_wsi.slide.ids import printable, slide_id_from_path, slide_output_dir
 from anomalib_wsi.slide.reader import Slide
-from anomalib_wsi.slide.tiling import TilingConfig, load_or_tile
+from anomalib_wsi.slide.tiling import TILES_CSV, TILES_JSON, TilingConfig, load_or_tile
 
 __all__ = ["WSIEngine"]
 
 #: The files a slide folder holds, and the run's tables (their leftover temporaries are cleared at the start).
-SLIDE_FILES = (*OUTPUT_FILES.values(), *OPTIONAL_FILES.values(), "tiles.csv", "tiles.json")
-RUN_TABLES = ("summary.csv", "failures.csv")
+SLIDE_FILES = (*OUTPUT_FILES.values(), *OPTIONAL_FILES.values(), TILES_CSV, TILES_JSON)
 
 logger = logging.getLogger(__name__)
 
