@@ -15,6 +15,7 @@ import importlib
 import logging
 import os
 import sys
+import warnings
 from collections.abc import Sequence
 from typing import Any
 
@@ -45,6 +46,9 @@ def build_parser() -> ArgumentParser:
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script; returns the exit status (0 ok, 1 some slides failed, 2 user error)."""
+    # deprecation notices that anomalib 2.7's own imports print on every run: noise above a command's one-line error
+    for message in (r"Importing from timm\.models\.layers is deprecated", r"The anomalib\.models\.components\.dinov2"):
+        warnings.filterwarnings("ignore", message=message, category=FutureWarning)
     parser = build_parser()
     cfg = parser.parse_args(list(argv) if argv is not None else None)
     logging.basicConfig(level=logging.DEBUG if cfg.verbose else logging.INFO, format="%(levelname)s %(message)s")
