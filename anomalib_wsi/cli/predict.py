@@ -53,6 +53,11 @@ def parser() -> ArgumentParser:
     )
     p.add_argument("--channels-last", action="store_true", help="channels-last network (faster on GPUs)")
     p.add_argument("--compile", action="store_true", help="torch.compile the network (GPU; slow first batches)")
+    p.add_argument(
+        "--stain-on",
+        default="auto",
+        help="where a Macenko-normalising model maps tiles: workers, device, or auto (the device when a GPU)",
+    )
     return p
 
 
@@ -73,6 +78,7 @@ def predict_command(
     tile_objects: bool = False,
     heatmap_tiff: str | None = None,
     model: str | None = None,
+    stain_on: str = "auto",
 ) -> int:
     """``anomalib-wsi predict``: returns 0 when every slide succeeded, 1 when any failed (on any rank) or the run
     tables could not be written.
@@ -106,6 +112,7 @@ def predict_command(
         precision=precision,
         compile_model=compile,
         channels_last=True if channels_last else None,
+        stain_on=stain_on,
     )
     run = engine.predict(
         model=model,

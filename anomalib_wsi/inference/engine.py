@@ -67,6 +67,8 @@ logger = logging.getLogger(__name__)
 #: Where the main process spends the streaming time (benchmarks print it): waiting for tiles from the workers,
 #: queueing the network on the device, waiting for its scores, stitching, writing slide outputs.
 STAGES = ("wait_tiles", "launch", "wait_device", "stitch", "outputs")
+#: Where Macenko stain normalisation may map the tiles (``WSIEngine(stain_on=...)``).
+STAIN_PLACES = ("auto", "workers", "device")
 
 
 class WSIEngine(Engine):
@@ -82,6 +84,9 @@ class WSIEngine(Engine):
         compile_model: wrap the torch model in ``torch.compile`` (GPU; the first batches are slower).
         progress: show progress bars.
         channels_last: run the network channels-last (faster convolutions on GPUs); None: the model's setting.
+        stain_on: where a model's Macenko stain normalisation maps the tiles: "workers" (the tile-reading
+            processes), "device" (the loader workers only estimate each slide's map; the device applies it to the
+            batch) or "auto": the device when it is a GPU. Reinhard always runs in the workers.
         **kwargs: passed to anomalib's ``Engine`` (and Lightning's Trainer) for training and tile-level use.
 
     Example:
@@ -99,6 +104,7 @@ class WSIEngine(Engine):
         compile_model: bool = False,
         progress: bool = True,
         channels_last: bool | None = None,
+        stain_on: str = "auto",
         **kwargs: Any,
     ) -> None:
         precision = str(precision)
@@ -112,6 +118,10 @@ class WSIEngine(Engine):
         if precision not in PRECISIONS:
             msg = f"precision must be 32, bf16 or 16, got {precision!r} (--precision)"
             raise WSIError(msg)
+        if stain_on not in STAIN_PLACES:
+            msg = f"stain_on must be one of {', '.join(STAIN_PLACES)}, got {stain_on!r} (--stain-on)"
+            raise WSIError(msg)
+        self.stain_on = stain_on
         self.batch_size = int(batch_size)
         self.num_workers = default_num_workers() if num_workers is None else int(num_workers)
         self.device_name = device
@@ -361,7 +371,10 @@ class WSIEngine(Engine):
         forward = TileForward(
             module, device, settings.precision, self.compile_model, self.channels_last, self.batch_size, map_cells
         )
-        loader, dataset, ring = make_tile_loader(jobs, self.batch_size, self.num_workers, stain=settings.stain)
+        stain = settings.stain
+        on_device = stain is not None and stain.method == "macenko" and forward.backend.name == "torch"
+        on_device = on_device and (self.stain_on == "device" or (self.stain_on == "auto" and device.type == "cuda"))
+        loader, dataset, ring = make_tile_loader(jobs, self.batch_size, self.num_workers, stain, on_device)
         pending = {i for i, job in enumerate(jobs) if len(job.table) > 0}
         for job in jobs:  # slides without tissue tiles finish at once
             if len(job.table) == 0:
@@ -417,7 +430,7 @@ class WSIEngine(Engine):
                 if batch is None:
                     break
                 clock = time.perf_counter()
-                launched = forward.launch(ring.receive(batch["batch"], batch["count"]))
+                launched = forward.launch(ring.receive(batch["batch"], batch["count"]), batch["stain_od"])
                 stages["launch"] += time.perf_counter() - clock
                 if previous is not None:
                     yield from consume(*previous)

@@ -47,8 +47,16 @@ class TileForward:
         self.device = self.backend.device
         self.map_cells = int(map_cells)
 
-    def launch(self, images_u8: torch.Tensor) -> LaunchedBatch:
-        """Queue one batch; the returned batch's ``result`` waits for its scores."""
+    def launch(self, images_u8: torch.Tensor, stain_od: np.ndarray | None = None) -> LaunchedBatch:
+        """Queue one batch; the returned batch's ``result`` waits for its scores.
+
+        ``stain_od``: each tile's Macenko map (N, 3, 3), NaN for none, applied on the device before the network
+        (see :func:`~anomalib_wsi.data.stain.od_maps_on_device`).
+        """
+        if stain_od is not None:
+            from anomalib_wsi.data.stain import od_maps_on_device
+
+            images_u8 = od_maps_on_device(images_u8.to(self.device, non_blocking=True), torch.from_numpy(stain_od))
         return self.backend.launch(images_u8)
 
     def __call__(self, images_u8: torch.Tensor) -> tuple[np.ndarray, np.ndarray | None]:

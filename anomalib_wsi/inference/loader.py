@@ -105,6 +105,9 @@ class TileBatches(Dataset):
     With ``stain`` each tile is stain-normalised in the worker right after its read, with its slide's colour map
     (estimated by the worker from a few of the slide's tiles, see :class:`~anomalib_wsi.data.stain.StainNormalizer`);
     ``stain_unchanged`` in each batch marks the tiles left as they were (their slide's stain was ill-posed).
+    With ``stain_on_device`` (Macenko only) the workers estimate each slide's map but leave the tiles as read:
+    ``stain_od`` in each batch holds every tile's 3 x 3 map (NaN: left as it is) for the device to apply
+    (:func:`~anomalib_wsi.data.stain.od_maps_on_device`), which keeps the workers' time per tile that of a read.
     """
 
     def __init__(
@@ -113,7 +116,12 @@ class TileBatches(Dataset):
         batch_size: int,
         ring: TileRing | None = None,
         stain: StainReference | None = None,
+        stain_on_device: bool = False,
     ) -> None:
+        if stain_on_device and (stain is None or stain.method != "macenko"):
+            msg = "stain normalisation on the device is Macenko's; Reinhard runs in the tile-reading workers"
+            raise WSIError(msg)
+        self.stain_on_device = stain_on_device
         self.slides = [(str(j.slide_path), j.slide_mpp, j.plan) for j in jobs]
         self.batch_size = int(batch_size)
         self.tile_size_px = jobs[0].plan.tile_size_px if jobs else 0
@@ -131,7 +139,8 @@ class TileBatches(Dataset):
         self.n_tiles = int(sum(counts))
         self.slide_start = np.concatenate([[0], np.cumsum(counts)]).astype(np.int64)
         self.ring = ring
-        self.normalizer = StainNormalizer(stain) if stain is not None else None
+        # slide after slide: each slide's map becomes a colour table once it has mapped 256 tiles' pixels
+        self.normalizer = StainNormalizer(stain, colour_table=True) if stain is not None else None
         self._handles: dict[int, Slide] = {}
         self._pid = -1
 
@@ -151,10 +160,16 @@ class TileBatches(Dataset):
         pixels = images.numpy()
         errors = {}  # row -> message, for the tiles that could not be read
         unchanged = np.zeros(stop - start, dtype=bool)  # tiles the stain normalisation left as they were
+        od_maps = np.full((stop - start, 3, 3), np.nan, np.float32) if self.stain_on_device else None
         for row, index in enumerate(range(start, stop)):
             error = self._read_into(pixels[row], index)
             if error:
                 errors[row] = error
+            elif od_maps is not None:
+                source = self._source_map(index)
+                unchanged[row] = source is None or source.od_matrix is None
+                if source is not None and source.od_matrix is not None:
+                    od_maps[row] = source.od_matrix
             elif self.normalizer is not None:
                 unchanged[row] = not self._normalize(pixels[row], index)
         if self.ring is not None:
@@ -167,14 +182,19 @@ class TileBatches(Dataset):
             "index": self.index_in_slide[start:stop].copy(),
             "error": errors,
             "stain_unchanged": unchanged,
+            "stain_od": od_maps,
         }
+
+    def _source_map(self, index: int) -> Any:
+        """The colour map of tile ``index``'s slide (estimated on first use); None when its stain is ill-posed."""
+        assert self.normalizer is not None
+        slide_index = int(self.slide_of[index])
+        return self.normalizer.fit_slide(slide_index, lambda: self._source_tiles(slide_index))
 
     def _normalize(self, tile: np.ndarray, index: int) -> bool:
         """Stain-normalise ``tile`` (of tile ``index``) in place with its slide's map; False: left unchanged."""
         assert self.normalizer is not None
-        slide_index = int(self.slide_of[index])
-        source = self.normalizer.fit_slide(slide_index, lambda: self._source_tiles(slide_index))
-        return self.normalizer.apply(tile, source, out=tile)[1]  # in place, in the ring's slot
+        return self.normalizer.apply(tile, self._source_map(index), out=tile)[1]  # in place, in the ring's slot
 
     def _source_tiles(self, slide_index: int) -> list[np.ndarray]:
         """A few tiles spread over the slide, read as they are (its source stain is estimated from them)."""
@@ -273,11 +293,16 @@ class SlideJob:
 
 
 def make_tile_loader(
-    jobs: list[SlideJob], batch_size: int, num_workers: int, stain: StainReference | None = None
+    jobs: list[SlideJob],
+    batch_size: int,
+    num_workers: int,
+    stain: StainReference | None = None,
+    stain_on_device: bool = False,
 ) -> tuple[DataLoader, TileBatches, TileRing]:
     """The DataLoader over all tiles of ``jobs`` in batches, its dataset and the ring of slots it reads into.
 
-    With ``stain`` the workers stain-normalise the tiles to that reference (see :class:`TileBatches`).
+    With ``stain`` the workers stain-normalise the tiles to that reference, or with ``stain_on_device`` only
+    estimate each slide's map for the device to apply (see :class:`TileBatches`).
 
     The ring has ``PREFETCH * workers + 2`` slots (never more than there are batches), enough that no slot is
     overwritten while the main process or the device still reads it (see :class:`TileRing`).
@@ -285,7 +310,7 @@ def make_tile_loader(
     n_batches = -(-sum(len(job.table) for job in jobs) // batch_size)
     n_slots = min(n_batches, PREFETCH * max(1, num_workers) + 2)
     ring = TileRing(max(1, n_slots), batch_size, jobs[0].plan.tile_size_px)
-    dataset = TileBatches(jobs, batch_size, ring, stain=stain)
+    dataset = TileBatches(jobs, batch_size, ring, stain=stain, stain_on_device=stain_on_device)
     loader = DataLoader(
         dataset,
         batch_size=None,  # the dataset's items are whole batches

@@ -49,6 +49,7 @@ def _one_line_error(capsys: pytest.CaptureFixture[str]) -> str:
         ("--stride", "0", "--stride"),
         ("--slide-mpp", "-1", "--slide-mpp"),
         ("--precision", "64", "precision"),
+        ("--stain-on", "gpu", "--stain-on"),
     ],
 )
 def test_a_bad_option_is_one_line_and_status_2(

@@ -71,6 +71,16 @@ def test_training_with_normalisation_stores_the_reference_and_prediction_applies
         assert summary["settings"]["stain_normalization"] == datamodule.stain.as_dict()
         assert summary["stain_unchanged_tiles"] == 0
 
+        # Macenko applied on the device (here the CPU) instead of in the loader workers: the same heatmap
+        on_device = WSIEngine(batch_size=64, num_workers=1, device="cpu", progress=False, stain_on="device")
+        moved = on_device.predict(model=RDFocal, ckpt_path=ckpt, slides=[slide], output_dir=tmp_path / "on_device")
+        assert not moved.failures
+        workers_map, device_map = run[0].heatmap.values, moved[0].heatmap.values
+        assert np.array_equal(np.isnan(workers_map), np.isnan(device_map))
+        spread = float(np.nanmax(workers_map) - np.nanmin(workers_map))
+        assert float(np.nanmax(np.abs(workers_map - device_map))) < 1e-3 * spread  # tiles within one grey level
+        assert run[0].n_tiles == moved[0].n_tiles
+
         # the model straight from training, without its checkpoint, normalises too
         direct = predictor.predict(model=model, slides=[slide], output_dir=tmp_path / "direct")
         summary = json.loads(direct[0].paths["summary"].read_text())

@@ -244,3 +244,85 @@ def test_the_data_module_stores_the_fitted_reference_as_plain_numbers(tmp_path: 
     # a data module rebuilt from a checkpoint's hyper-parameters takes the stored fit as it is
     rebuilt = WSIDataModule(**{**dict(datamodule.hparams), "root": str(tmp_path)})
     assert rebuilt.stain == datamodule.stain
+
+
+@pytest.fixture(scope="module")
+def restained_slide_tiles(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, list[np.ndarray]]:
+    """A re-stained synthetic slide and 16 of its 256 px tissue tiles (the slide's source-stain sample)."""
+    from anomalib_wsi.data.synthetic import synthesize_slide
+    from anomalib_wsi.slide.reader import Slide
+    from anomalib_wsi.slide.tiling import TilingConfig, tile_slide
+
+    path = synthesize_slide(tmp_path_factory.mktemp("restained") / "b.tif", size_px=4096, seed=5, stain_od=OTHER_STAIN)
+    slide = Slide(path.path)
+    plan = slide.plan_read(0.5, 256)
+    table = tile_slide(slide, TilingConfig(mpp=0.5, tile_size_px=256))
+    rows = np.linspace(0, len(table) - 1, 16).round().astype(int)
+    return path.path, [slide.read_tile(int(table.x.iloc[r]), int(table.y.iloc[r]), plan) for r in rows]
+
+
+def test_a_reinhard_colour_table_maps_exactly_as_the_direct_map_and_only_after_256_tiles(
+    restained_slide_tiles: tuple[Path, list[np.ndarray]],
+) -> None:
+    from anomalib_wsi.data.stain import TABLE_COLOURS, TABLES_KEPT
+
+    _, tiles = restained_slide_tiles
+    reference = fit_reference(tiles, "reinhard")
+    direct, tabled = StainNormalizer(reference), StainNormalizer(reference, colour_table=True)
+    source = tabled.fit_slide("slide", lambda: tiles[8:])
+    pixels_per_tile = tiles[0].shape[0] * tiles[0].shape[1]
+    for _ in range(TABLE_COLOURS // pixels_per_tile - 1):  # 255 tiles of 256 px: mapped directly, no table yet
+        tabled.apply(tiles[0], source)
+    assert source is not None and source.table is None
+    tabled.apply(tiles[0], source)
+    assert source.table is not None and source.table.nbytes == 64 << 20
+    for tile in tiles:
+        expected, _ = direct.apply(tile, source)
+        out = np.empty_like(tile)
+        looked_up, changed = tabled.apply(tile, source, out=out)
+        assert changed and looked_up is out
+        assert np.array_equal(looked_up, expected)  # the table holds the direct map's output for every colour
+    for key in range(TABLES_KEPT + 1):  # more slides: only the newest tables are kept
+        other = tabled.fit_slide(key, lambda: tiles[:8])
+        assert other is not None
+        tabled._count(other, TABLE_COLOURS)
+    assert sum(m is not None and m.table is not None for m in tabled._maps.values()) == TABLES_KEPT
+    assert source.table is None
+
+
+def test_macenko_on_the_device_equals_the_workers_map_within_one_grey_level(tmp_path: Path) -> None:
+    import tifffile
+
+    from anomalib_wsi.data.stain import od_maps_on_device
+    from anomalib_wsi.data.synthetic import synthesize_slide
+    from anomalib_wsi.inference.loader import SlideJob, TileBatches
+    from anomalib_wsi.slide.reader import Slide
+    from anomalib_wsi.slide.tiling import TilingConfig, tile_slide
+
+    restained = synthesize_slide(tmp_path / "b.tif", size_px=2048, seed=3, stain_od=OTHER_STAIN).path
+    blank = tmp_path / "blank.tif"  # glass only: its stain cannot be estimated
+    tifffile.imwrite(blank, np.full((2048, 2048, 3), 236, np.uint8), tile=(256, 256), photometric="rgb")
+    slide = Slide(restained)
+    plan = slide.plan_read(0.5, 64)
+    table = tile_slide(slide, TilingConfig(mpp=0.5, tile_size_px=64))
+    jobs = [
+        SlideJob(path, path.stem, None, tmp_path, plan, rows, slide.dimensions, 0.5, 64.0, b"", 1.0)
+        for path, rows in ((restained, table), (blank, table.iloc[:8]))
+    ]
+    reference = StainReference.default_macenko()
+    n_tissue = len(jobs[0].table)
+    workers = TileBatches(jobs, batch_size=n_tissue + len(jobs[1].table), stain=reference)[0]
+    device = TileBatches(jobs, batch_size=n_tissue + len(jobs[1].table), stain=reference, stain_on_device=True)[0]
+    raw = TileBatches(jobs, batch_size=n_tissue + len(jobs[1].table))[0]["image"]
+    assert torch.equal(device["image"], raw)  # the workers only estimated the maps
+    od = device["stain_od"]
+    assert np.isfinite(od[:n_tissue]).all() and np.isnan(od[n_tissue:]).all()  # the blank slide is ill-posed
+    assert np.array_equal(device["stain_unchanged"], workers["stain_unchanged"])
+    mapped = od_maps_on_device(raw, torch.from_numpy(od))
+    difference = (mapped.int() - workers["image"].int()).abs()
+    assert difference.max() <= 1  # float rounding at half grey levels
+    assert difference.float().mean() < 0.01
+    assert torch.equal(mapped[n_tissue:], raw[n_tissue:])  # tiles without a map pass unchanged
+    with pytest.raises(WSIError, match="Macenko"):
+        reinhard = StainReference("reinhard", lab_means=(60.0, 10.0, -10.0), lab_stds=(10.0, 5.0, 5.0))
+        TileBatches(jobs, batch_size=8, stain=reinhard, stain_on_device=True)
