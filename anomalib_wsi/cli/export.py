@@ -27,14 +27,35 @@ def parser() -> ArgumentParser:
     p.add_argument(
         "--tile-size", type=int, default=None, help="tile side of the exported input (default: the training tiles')"
     )
+    p.add_argument("--int8", action="store_true", help="quantise the OpenVINO model to INT8 (NNCF, with --calibration)")
+    p.add_argument(
+        "--calibration", nargs="+", default=None, help="slides or folders whose tissue tiles calibrate the INT8 model"
+    )
+    p.add_argument("--calibration-tiles", type=int, default=None, help="tiles read for calibration (default 300)")
     return p
 
 
-def export_command(ckpt: str, format: str, output: str, tile_size: int | None = None) -> int:
+def export_command(
+    ckpt: str,
+    format: str,
+    output: str,
+    tile_size: int | None = None,
+    int8: bool = False,
+    calibration: list[str] | None = None,
+    calibration_tiles: int | None = None,
+) -> int:
     """``anomalib-wsi export``: returns 0 once the model and its metadata are written."""
     from anomalib_wsi.inference.export import export_model
 
-    path = export_model(ckpt, format.lower(), output, tile_size_px=tile_size)
+    path = export_model(
+        ckpt,
+        format.lower(),
+        output,
+        tile_size_px=tile_size,
+        int8=int8,
+        calibration=list(calibration) if calibration else None,
+        calibration_tiles=calibration_tiles,
+    )
     logger.info("exported %s (metadata in %s); predict with: anomalib-wsi predict --model %s SLIDES --output DIR",
                 path, path.parent / "metadata.json", path)  # fmt: skip
     return 0

@@ -154,6 +154,9 @@ def export_model(
     output_dir: str | Path,
     model: Any = None,
     tile_size_px: int | None = None,
+    int8: bool = False,
+    calibration: list[str | Path] | None = None,
+    calibration_tiles: int | None = None,
 ) -> Path:
     """Export the network of a checkpoint for prediction without torch; returns the model file written.
 
@@ -164,9 +167,13 @@ def export_model(
         model: the model class of the checkpoint (default ``RDFocal``).
         tile_size_px: tile side of the exported input (default: the training data's, from the checkpoint, else the
             pre-processor's size).
+        int8: quantise the OpenVINO export to INT8 with NNCF (:mod:`~anomalib_wsi.inference.quantize`).
+        calibration: with ``int8``, slides (files, folders, manifests) whose tissue tiles calibrate it.
+        calibration_tiles: tiles read for the calibration (default 300; a quarter held out for the check).
 
     Raises:
-        ExportError: unknown format, or its runtime is not installed.
+        ExportError: unknown format, its runtime (or ``nncf``) not installed, INT8 asked for ONNX or without
+            calibration slides.
         CheckpointError: the checkpoint cannot be loaded.
     """
     from anomalib_wsi.inference.checkpoint import load_model
@@ -178,8 +185,30 @@ def export_model(
         require_runtime("openvino")
     require_runtime(fmt, "onnx")  # torch's ONNX exporter needs onnx and onnxscript
     require_runtime(fmt, "onnxscript")
+    if int8 or calibration:
+        from anomalib_wsi.inference.quantize import require_nncf
+
+        if fmt != "openvino":
+            msg = "--int8 quantises OpenVINO exports only; use --format openvino"
+            raise ExportError(msg)
+        if not int8 or not calibration:
+            msg = "INT8 needs both --int8 and --calibration SLIDES (tissue like the slides you will predict)"
+            raise ExportError(msg)
+        require_nncf()
     module, data_settings = load_model(model, ckpt_path)
-    return export_module(module, fmt, output_dir, data_settings, tile_size_px, Path(ckpt_path))
+    path = export_module(module, fmt, output_dir, data_settings, tile_size_px, Path(ckpt_path))
+    if int8 and calibration:
+        from anomalib_wsi.inference import quantize
+
+        mpp = data_settings.get("mpp")
+        if mpp is None:
+            msg = f"{ckpt_path}: the checkpoint records no training mpp, so calibration tiles cannot be read"
+            raise ExportError(msg)
+        side = int(json.loads((path.parent / METADATA_NAME).read_text())["tile_size_px"])
+        count = calibration_tiles or quantize.CALIBRATION_TILES
+        tiles, names = quantize.calibration_tiles(calibration, float(mpp), side, count)
+        quantize.quantize_export(path, tiles, names)
+    return path
 
 
 def export_module(

@@ -193,3 +193,67 @@ def test_a_tile_size_the_export_was_not_made_for_is_one_error(
     with pytest.raises(WSIError, match="exported for 64 px tiles, given 32 px"):
         _engine().predict(model=exports["openvino"], slides=[small_slides["normal"].path], output_dir=tmp_path,
                           tile_size_px=32)  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def int8_export(trained_model: Any, small_slides: dict[str, SyntheticSlide], tmp_path_factory: pytest.TempPathFactory):
+    """The session's model exported to OpenVINO and quantised to INT8 on tiles of the two small slides (CLI)."""
+    pytest.importorskip("nncf", reason="the int8 extra is not installed: pip install 'anomalib-wsi[int8]'")
+    out = tmp_path_factory.mktemp("int8")
+    slides = [str(small_slides["tumour"].path), str(small_slides["normal"].path)]
+    args = ["export", "--ckpt", str(trained_model.ckpt_path), "--format", "openvino", "--output", str(out)]
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        assert main([*args, "--int8", "--calibration", *slides, "--calibration-tiles", "96"]) == 0
+    finally:
+        torch.set_num_threads(threads)
+    return out / "model.xml"
+
+
+def test_int8_export_states_how_close_it_stays_and_predicts_the_slides(
+    int8_export: Path, exports: dict[str, Path], torch_run: Any, small_slides: dict[str, SyntheticSlide], tmp_path: Path
+) -> None:
+    metadata = json.loads((int8_export.parent / "metadata.json").read_text())
+    assert metadata["precision"] == "int8"
+    entry = metadata["int8"]
+    assert entry["calibration_slides"] == ["small_tumour", "small_normal"]
+    check = entry["held_out_check"]
+    read = entry["calibration_tiles"] + check["tiles"]  # up to 48 per slide: all the normal slide's 28 tissue tiles
+    assert 64 <= read <= 96 and check["tiles"] == read // 4  # every fourth tile read is held out
+    assert check["spearman"] > 0.9  # measured 0.99
+    assert check["max_diff_of_range"] < 0.1  # measured 0.03 (0.68 with NNCF's default averaged ranges)
+    assert int8_export.with_suffix(".bin").stat().st_size < 0.5 * exports["openvino"].with_suffix(".bin").stat().st_size
+    settings = PredictionSettings()
+    fingerprint = run_fingerprint(int8_export, load_exported(int8_export)[0], settings)
+    assert fingerprint != run_fingerprint(exports["openvino"], load_exported(exports["openvino"])[0], settings)
+
+    reference, _ = torch_run
+    slides = [small_slides["tumour"].path, small_slides["normal"].path]
+    run = _engine().predict(model=int8_export, slides=slides, output_dir=tmp_path)
+    assert not run.failures
+    tumour, normal = run
+    assert tumour.slide_score > 0.5 > normal.slide_score
+    assert tumour.lesions and not normal.lesions
+    for got, want in zip(run, reference, strict=True):
+        assert np.array_equal(np.isnan(got.heatmap.values), np.isnan(want.heatmap.values))
+        diff = np.abs(got.heatmap.values - want.heatmap.values)
+        assert np.nanmax(diff) < 0.03  # normalised 0-1 scores; measured 0.010
+
+
+def test_int8_needs_openvino_calibration_slides_and_tissue(
+    trained_model: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    pytest.importorskip("nncf", reason="the int8 extra is not installed: pip install 'anomalib-wsi[int8]'")
+    base = ["export", "--ckpt", str(trained_model.ckpt_path), "--output", str(tmp_path / "x")]
+    (tmp_path / "empty").mkdir()
+    cases = [
+        (["--format", "onnx", "--int8", "--calibration", str(tmp_path)], "OpenVINO exports only"),
+        (["--format", "openvino", "--int8"], "--calibration"),
+        (["--format", "openvino", "--int8", "--calibration", str(tmp_path / "empty")], "holds no slide file"),
+    ]
+    for extra, words in cases:
+        capsys.readouterr()
+        assert main([*base, *extra]) == 2
+        err = capsys.readouterr().err.strip()
+        assert words in err and len(err.splitlines()) == 1, err
