@@ -3,12 +3,15 @@
 For each configuration (default: resnet18 at 64 px and wide_resnet50_2 at 256 px, random weights,
 ``pre_trained=False``) one RDFocal is built, exported with ``anomalib_wsi.inference.export.export_module`` to
 OpenVINO IR and ONNX, and a synthetic slide of a few hundred tissue tiles is predicted by
-``WSIEngine(device="cpu").predict`` three times: with the torch module, with ``model.xml`` and with
-``model.onnx``. torch, OpenVINO and ONNX Runtime all run ``--threads`` CPU threads (``torch.set_num_threads``;
+``WSIEngine(device="cpu").predict`` four times: with the torch module, with ``model.xml``, with ``model.onnx``
+and with a copy of ``model.xml`` quantised to INT8 (NNCF, ``--calibration-tiles`` tiles of the slide; needs the
+``int8`` extra). torch, OpenVINO and ONNX Runtime all run ``--threads`` CPU threads (``torch.set_num_threads``;
 the backends take the same number); the tile readers are ``--num-workers`` processes in every case. Each backend
 predicts the slide once as a warm-up (and to check the exported scores against torch's), then ``--repeats``
 timed runs into fresh folders; the best streaming rate (``PredictionRun.tiles_per_second``: reading, network,
 stitching, lesions and files of the slide) is kept. Goal: OpenVINO >= 1.5x torch.
+
+The INT8 heatmap difference is against torch's, in normalised 0-1 scores.
 
     python benchmarks/bench_deploy.py --threads 1
     python benchmarks/bench_deploy.py --threads 8 --num-workers 4 --configs wide_resnet50_2:256
@@ -30,7 +33,8 @@ import numpy as np
 import torch
 from _common import quiet_logs, work_folder
 
-BACKENDS = ("torch", "openvino", "onnx")
+BACKENDS = ("torch", "openvino", "onnx", "openvino-int8")
+EXPORTED = BACKENDS[1:]
 
 
 def _slide(folder: Path, tile_px: int, tiles: int) -> Path:
@@ -42,6 +46,20 @@ def _slide(folder: Path, tile_px: int, tiles: int) -> Path:
     if not path.exists():
         synthesize_slide(path, size_px=side, mpp=0.5, seed=3, tumour=True)
     return path
+
+
+def _int8(fp32_xml: Path, folder: Path, slide: Path, args: argparse.Namespace) -> Path:
+    """A copy of the OpenVINO export quantised to INT8 on ``--calibration-tiles`` tiles of the benchmark slide."""
+    import shutil
+
+    from anomalib_wsi.inference.quantize import calibration_tiles, quantize_export
+
+    shutil.copytree(fp32_xml.parent, folder, dirs_exist_ok=True)
+    side = json.loads((folder / "metadata.json").read_text())["tile_size_px"]
+    tiles, names = calibration_tiles([slide], 0.5, side, args.calibration_tiles)
+    check = quantize_export(folder / "model.xml", tiles, names, threads=args.threads)["held_out_check"]
+    print(f"  INT8 held-out check: {check}", flush=True)
+    return folder / "model.xml"
 
 
 def _bench(args: argparse.Namespace, backbone: str, tile_px: int, folder: Path) -> dict[str, Any]:
@@ -56,6 +74,7 @@ def _bench(args: argparse.Namespace, backbone: str, tile_px: int, folder: Path) 
     for fmt in ("openvino", "onnx"):
         models[fmt] = export_module(module, fmt, folder / f"{backbone}_{tile_px}" / fmt, data)
     slide = _slide(folder, tile_px, args.tiles)
+    models["openvino-int8"] = _int8(models["openvino"], folder / f"{backbone}_{tile_px}" / "int8", slide, args)
     figures: dict[str, Any] = {"backbone": backbone, "tile_px": tile_px, "threads": args.threads}
     reference = None
     for name in BACKENDS:
@@ -78,7 +97,7 @@ def _bench(args: argparse.Namespace, backbone: str, tile_px: int, folder: Path) 
             runs.append((run.tiles_per_second, run[0].n_tiles / wall))
         figures[f"{name}_tiles_s"] = max(r[0] for r in runs)
         figures[f"{name}_call_tiles_s"] = max(r[1] for r in runs)
-    for name in ("openvino", "onnx"):
+    for name in EXPORTED:
         figures[f"{name}_vs_torch"] = figures[f"{name}_tiles_s"] / figures["torch_tiles_s"]
     return figures
 
@@ -90,6 +109,7 @@ def main() -> int:
     parser.add_argument("--num-workers", type=int, default=1, help="tile-reading processes")
     parser.add_argument("--batch-size", type=int, default=32)
     parser.add_argument("--tiles", type=int, default=300, help="about this many tissue tiles per slide")
+    parser.add_argument("--calibration-tiles", type=int, default=64, help="tiles calibrating the INT8 model")
     parser.add_argument("--repeats", type=int, default=2, help="timed runs per backend (after one warm-up)")
     parser.add_argument("--work", default=None, help="folder for exports, slides and outputs (default: temporary)")
     parser.add_argument("--json", default=None, help="write the figures here as JSON")
@@ -107,8 +127,10 @@ def main() -> int:
             print(
                 f"{backbone} {tile_px} px, {figures['n_tiles']} tiles, {args.threads} threads: "
                 + ", ".join(f"{name} {figures[f'{name}_tiles_s']:.1f} tiles/s" for name in BACKENDS)
-                + f"; OpenVINO {figures['openvino_vs_torch']:.2f}x, ONNX Runtime {figures['onnx_vs_torch']:.2f}x torch"
-                + f" (heatmaps within {diff:.1e})",
+                + "; "
+                + ", ".join(f"{name} {figures[f'{name}_vs_torch']:.2f}x" for name in EXPORTED)
+                + " torch"
+                + f" (fp32 heatmaps within {diff:.1e}, INT8 within {figures['openvino-int8_max_heatmap_diff']:.3f})",
                 flush=True,
             )
     finally:
