@@ -5,11 +5,11 @@ region, see :func:`reference_images`) and stored as plain data (``as_dict``: a m
 it rides in a checkpoint that ``torch.load(weights_only=True)`` reads. A :class:`StainNormalizer` maps tiles to
 it. The source stain of a slide is estimated once per slide and process, with ``torchstain`` again, from a few of
 its tiles (:meth:`StainNormalizer.fit_slide`), and every tile of that slide then goes through the same colour map,
-applied with OpenCV (Macenko: a 3 x 3 map in optical density, 0.3-0.4 ms per 256 px tile on one CPU core;
-Reinhard: a per-channel affine map in LAB, 1.3 ms, or 0.2 ms through a table of all RGB colours once a slide has
-had 256 tiles). Fitting ``torchstain`` to every 256 px tile costs 10-20 ms, fifteen to thirty times the tile's
-read (0.7 ms), and estimates stains badly on tiles that hold mostly one of them. On a GPU the Macenko map runs on
-the device instead (:func:`od_maps_on_device`), leaving the loader workers only the reads.
+applied with OpenCV (Macenko: a 3 x 3 map in optical density, 0.1-0.15 ms per 256 px tile on one CPU core;
+Reinhard: a per-channel affine map in LAB, 0.5-0.9 ms, or 0.1-0.2 ms through a table of all RGB colours once a
+slide has had 256 tiles). Fitting ``torchstain`` to every 256 px tile costs 4-10 ms, ten to twenty times the
+tile's read (0.3-0.5 ms), and estimates stains badly on tiles that hold mostly one of them. On a GPU the Macenko
+map runs on the device instead (:func:`od_maps_on_device`), leaving the loader workers only the reads.
 
 A slide whose sample tiles hold almost no stain (background, only pen), or whose fit is not finite, is passed
 through unchanged (and so is a single tile normalised on its own stain, :meth:`StainNormalizer.normalize`,
@@ -336,10 +336,11 @@ class StainNormalizer:
 
     With ``colour_table`` a slide's Reinhard map is turned into a table of all 2**24 RGB colours (64 MiB) once it
     has mapped as many pixels as the table has entries (256 tiles of 256 px): from then on each pixel is one
-    lookup instead of two LAB conversions (1.3 -> 0.2 ms per 256 px tile on one core), with identical output.
+    lookup instead of two LAB conversions (0.5-0.9 -> 0.1-0.2 ms per 256 px tile on one core), with identical output.
     Building it costs about what mapping those first pixels did (0.5 s), so a slide pays at most twice the best
     possible. Worth it where tiles come slide after slide (prediction), not where they come from many slides at
-    random (training). Macenko's direct map (0.3-0.4 ms) is not: its table would save 0.1 ms a tile.
+    random (training). Macenko's direct map (0.1-0.15 ms) is not: between tile reads its table's lookups, spread
+    over 64 MiB, measured slower than the map itself.
 
     Args:
         reference: the fitted reference.
