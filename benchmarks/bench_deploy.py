@@ -52,11 +52,12 @@ def _int8(fp32_xml: Path, folder: Path, slide: Path, args: argparse.Namespace) -
     """A copy of the OpenVINO export quantised to INT8 on ``--calibration-tiles`` tiles of the benchmark slide."""
     import shutil
 
-    from anomalib_wsi.inference.quantize import calibration_tiles, quantize_export
+    from anomalib_wsi.inference.quantize import calibration_slides, calibration_tiles, quantize_export
 
     shutil.copytree(fp32_xml.parent, folder, dirs_exist_ok=True)
     side = json.loads((folder / "metadata.json").read_text())["tile_size_px"]
-    tiles, names = calibration_tiles([slide], 0.5, side, args.calibration_tiles)
+    pairs = calibration_slides([slide], args.calibration_tiles)
+    tiles, names = calibration_tiles(pairs, 0.5, side, args.calibration_tiles)
     check = quantize_export(folder / "model.xml", tiles, names, threads=args.threads)["held_out_check"]
     print(f"  INT8 held-out check: {check}", flush=True)
     return folder / "model.xml"

@@ -37,6 +37,7 @@ __all__ = [
     "TileNetwork",
     "export_model",
     "export_module",
+    "export_tile_size",
     "is_exported_model",
     "load_exported",
     "require_runtime",
@@ -173,7 +174,7 @@ def export_model(
 
     Raises:
         ExportError: unknown format, its runtime (or ``nncf``) not installed, INT8 asked for ONNX or without
-            calibration slides.
+            calibration slides; these, and calibration slides that give no tissue tile, before anything is written.
         CheckpointError: the checkpoint cannot be loaded.
     """
     from anomalib_wsi.inference.checkpoint import load_model
@@ -185,8 +186,9 @@ def export_model(
         require_runtime("openvino")
     require_runtime(fmt, "onnx")  # torch's ONNX exporter needs onnx and onnxscript
     require_runtime(fmt, "onnxscript")
-    if int8 or calibration:
-        from anomalib_wsi.inference.quantize import require_nncf
+    pairs: list[tuple[Path, float | None]] = []
+    if int8 or calibration or calibration_tiles is not None:
+        from anomalib_wsi.inference import quantize
 
         if fmt != "openvino":
             msg = "--int8 quantises OpenVINO exports only; use --format openvino"
@@ -194,21 +196,39 @@ def export_model(
         if not int8 or not calibration:
             msg = "INT8 needs both --int8 and --calibration SLIDES (tissue like the slides you will predict)"
             raise ExportError(msg)
-        require_nncf()
+        quantize.require_nncf()
+        count = quantize.CALIBRATION_TILES if calibration_tiles is None else calibration_tiles
+        pairs = quantize.calibration_slides(calibration, count)
     module, data_settings = load_model(model, ckpt_path)
-    path = export_module(module, fmt, output_dir, data_settings, tile_size_px, Path(ckpt_path))
-    if int8 and calibration:
-        from anomalib_wsi.inference import quantize
-
+    calibration_set = None
+    if int8:  # the calibration tiles are read before anything is written: a slide that fails costs no export
         mpp = data_settings.get("mpp")
         if mpp is None:
             msg = f"{ckpt_path}: the checkpoint records no training mpp, so calibration tiles cannot be read"
             raise ExportError(msg)
-        side = int(json.loads((path.parent / METADATA_NAME).read_text())["tile_size_px"])
-        count = calibration_tiles or quantize.CALIBRATION_TILES
-        tiles, names = quantize.calibration_tiles(calibration, float(mpp), side, count)
-        quantize.quantize_export(path, tiles, names)
+        side = export_tile_size(module, data_settings, tile_size_px)
+        calibration_set = quantize.calibration_tiles(pairs, float(mpp), side, count)
+    path = export_module(module, fmt, output_dir, data_settings, tile_size_px, Path(ckpt_path))
+    if calibration_set is not None:
+        quantize.quantize_export(path, *calibration_set)
     return path
+
+
+def export_tile_size(module: Any, data_settings: dict[str, Any] | None, tile_size_px: int | None = None) -> int:
+    """The tile side an export takes: ``tile_size_px``, else the training data's, else the pre-processor's.
+
+    Raises:
+        ExportError: a side outside 1-4096 px.
+    """
+    if tile_size_px is None:
+        tile_size_px = (data_settings or {}).get("tile_size_px")
+    if tile_size_px is None:
+        size = getattr(module, "input_size", None) or (256, 256)
+        tile_size_px = int(size[0])
+    if not 1 <= int(tile_size_px) <= 4096:
+        msg = f"tile size {tile_size_px}: use a whole number of pixels in 1-4096"
+        raise ExportError(msg)
+    return int(tile_size_px)
 
 
 def export_module(
@@ -231,16 +251,9 @@ def export_module(
     require_runtime(fmt, "onnxscript")
     data_settings = dict(data_settings or {})
     module = module.cpu().eval()
-    if tile_size_px is None:
-        tile_size_px = data_settings.get("tile_size_px")
-    if tile_size_px is None:
-        size = getattr(module, "input_size", None) or (256, 256)
-        tile_size_px = int(size[0])
-    if not 1 <= int(tile_size_px) <= 4096:
-        msg = f"tile size {tile_size_px}: use a whole number of pixels in 1-4096"
-        raise ExportError(msg)
+    tile_size_px = export_tile_size(module, data_settings, tile_size_px)
     network = TileNetwork(module).eval()
-    example = torch.zeros((2, int(tile_size_px), int(tile_size_px), 3), dtype=torch.uint8)
+    example = torch.zeros((2, tile_size_px, tile_size_px, 3), dtype=torch.uint8)
     out = Path(output_dir)
     out.mkdir(parents=True, exist_ok=True)
     path = out / EXPORT_FORMATS[fmt]
@@ -252,7 +265,7 @@ def export_module(
                 onnx_path = Path(tmp) / "model.onnx"
                 _to_onnx(network, example, onnx_path)
                 ov.save_model(ov.convert_model(onnx_path), path, compress_to_fp16=False)
-    metadata = export_metadata(module, data_settings, int(tile_size_px), ckpt_path)
+    metadata = export_metadata(module, data_settings, tile_size_px, ckpt_path)
     (out / METADATA_NAME).write_text(json.dumps(metadata, indent=2, default=str) + "\n")
     return path
 

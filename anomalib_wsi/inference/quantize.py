@@ -23,7 +23,14 @@ import numpy as np
 
 from anomalib_wsi.errors import WSIError
 
-__all__ = ["CALIBRATION_TILES", "calibration_tiles", "quantize_export", "require_nncf", "score_agreement"]
+__all__ = [
+    "CALIBRATION_TILES",
+    "calibration_slides",
+    "calibration_tiles",
+    "quantize_export",
+    "require_nncf",
+    "score_agreement",
+]
 
 logger = logging.getLogger(__name__)
 
@@ -38,20 +45,15 @@ FP32_OPERATIONS = (
 FP32_NAMES = ("anomaly_map",)
 
 
-def calibration_tiles(
-    slides: list[str | Path], mpp: float, tile_size_px: int, count: int = CALIBRATION_TILES
-) -> tuple[np.ndarray, list[str]]:
-    """``count`` uint8 tissue tiles (N, H, W, 3) spread evenly over ``slides`` (files, folders, manifests).
+def calibration_slides(slides: list[str | Path], count: int = CALIBRATION_TILES) -> list[tuple[Path, float | None]]:
+    """The ``(slide, manifest mpp)`` pairs of ``slides`` (files, folders, manifests), checked with ``count``.
 
-    Returns:
-        The tiles and the names of the slides they came from.
+    Called before anything is exported, so that a wrong value costs one line and no work.
 
     Raises:
-        WSIError: no slide found, a slide that cannot be read, or no tissue tile in any of them.
+        WSIError: ``count`` under 8, no slide found, or an input that gives no slide.
     """
     from anomalib_wsi.cohort import resolve_slides
-    from anomalib_wsi.slide.reader import Slide
-    from anomalib_wsi.slide.tiling import TilingConfig, tile_slide
 
     if count < 8:
         msg = f"--calibration-tiles {count}: calibrate on at least 8 tiles (default {CALIBRATION_TILES})"
@@ -63,8 +65,25 @@ def calibration_tiles(
     if not pairs:
         msg = "--calibration: no slides given; pass slide files or folders of tissue like the slides you predict"
         raise WSIError(msg)
+    return pairs
+
+
+def calibration_tiles(
+    pairs: list[tuple[Path, float | None]], mpp: float, tile_size_px: int, count: int = CALIBRATION_TILES
+) -> tuple[np.ndarray, list[str]]:
+    """``count`` uint8 tissue tiles (N, H, W, 3) spread evenly over the slides of :func:`calibration_slides`.
+
+    Returns:
+        The tiles and the names of the slides they came from.
+
+    Raises:
+        WSIError: a slide that cannot be read, or no tissue tile in any of them.
+    """
+    from anomalib_wsi.slide.reader import Slide
+    from anomalib_wsi.slide.tiling import TilingConfig, tile_slide
+
     tiles: list[np.ndarray] = []
-    names: list[str] = []
+    names: list[str] = []  # the slide of each tile
     per_slide = -(-count // len(pairs))
     for path, manifest_mpp in pairs:
         slide = Slide(path, mpp=manifest_mpp)
@@ -72,15 +91,14 @@ def calibration_tiles(
             plan = slide.plan_read(mpp, tile_size_px)
             table = tile_slide(slide, TilingConfig(mpp=mpp, tile_size_px=tile_size_px))
             rows = np.unique(np.linspace(0, len(table) - 1, min(per_slide, len(table))).round().astype(int))
-            tiles += [slide.read_tile(int(table.x.iloc[r]), int(table.y.iloc[r]), plan) for r in rows if len(table)]
-            if len(table):
-                names.append(slide.slide_id)
+            tiles += [slide.read_tile(int(table.x.iloc[r]), int(table.y.iloc[r]), plan) for r in rows]
+            names += [slide.slide_id] * len(rows)
         finally:
             slide.close()
     if not tiles:
         msg = f"--calibration: no tissue tiles in {', '.join(str(p) for p, _ in pairs)}; give slides with tissue"
         raise WSIError(msg)
-    return np.stack(tiles[:count]), names
+    return np.stack(tiles[:count]), list(dict.fromkeys(names[:count]))
 
 
 def require_nncf() -> Any:

@@ -245,15 +245,23 @@ def test_int8_needs_openvino_calibration_slides_and_tissue(
     trained_model: Any, tmp_path: Path, capsys: pytest.CaptureFixture[str]
 ) -> None:
     pytest.importorskip("nncf", reason="the int8 extra is not installed: pip install 'anomalib-wsi[int8]'")
-    base = ["export", "--ckpt", str(trained_model.ckpt_path), "--output", str(tmp_path / "x")]
+    out = tmp_path / "x"
+    base = ["export", "--ckpt", str(trained_model.ckpt_path), "--output", str(out)]
     (tmp_path / "empty").mkdir()
+    not_a_slide = tmp_path / "notes.tif"
+    not_a_slide.write_text("not a slide")
+    int8 = ["--format", "openvino", "--int8", "--calibration"]
     cases = [
         (["--format", "onnx", "--int8", "--calibration", str(tmp_path)], "OpenVINO exports only"),
         (["--format", "openvino", "--int8"], "--calibration"),
-        (["--format", "openvino", "--int8", "--calibration", str(tmp_path / "empty")], "holds no slide file"),
+        (["--format", "openvino", "--calibration-tiles", "50"], "--int8"),
+        ([*int8, str(tmp_path / "empty")], "holds no slide file"),
+        ([*int8, str(trained_model.ckpt_path.parent), "--calibration-tiles", "0"], "at least 8 tiles"),
+        ([*int8, str(not_a_slide)], "openslide cannot open"),
     ]
     for extra, words in cases:
         capsys.readouterr()
         assert main([*base, *extra]) == 2
         err = capsys.readouterr().err.strip()
         assert words in err and len(err.splitlines()) == 1, err
+        assert not out.exists(), extra  # found out before anything is exported
