@@ -90,8 +90,9 @@ def main() -> None:
     parser.add_argument("--workers", type=int, default=1)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", type=Path, default=Path("/tmp/bench_stain"))
-    parser.add_argument("--slide", type=Path, default=None, help="a slide of your own instead of the synthetic one")
-    parser.add_argument(
+    source = parser.add_mutually_exclusive_group()
+    source.add_argument("--slide", type=Path, default=None, help="a slide of your own instead of the synthetic one")
+    source.add_argument(
         "--mosaic-of", type=Path, default=None, help="a real slide whose tissue, repeated, makes the benchmark slide"
     )
     parser.add_argument("--json", type=Path, default=None)
@@ -110,14 +111,17 @@ def main() -> None:
 
     torch.set_num_threads(1)
     cv2.setNumThreads(1)
-    path = args.slide or args.workdir / f"synth_{args.slide_size}.tif"
-    if args.mosaic_of is not None:
+    if args.slide is not None:
+        path = args.slide
+    elif args.mosaic_of is not None:
         path = args.workdir / f"mosaic_{args.mosaic_of.stem}_{args.slide_size}.tif"
         if not path.exists():
             _mosaic(args.mosaic_of, path, args.slide_size, 0.5)
-    elif not path.exists() and args.slide is None:
-        args.workdir.mkdir(parents=True, exist_ok=True)
-        synthesize_slide(path, size_px=args.slide_size, mpp=0.5, seed=0, tumour=True)
+    else:
+        path = args.workdir / f"synth_{args.slide_size}.tif"
+        if not path.exists():
+            args.workdir.mkdir(parents=True, exist_ok=True)
+            synthesize_slide(path, size_px=args.slide_size, mpp=0.5, seed=0, tumour=True)
     slide = Slide(path)
     plan = slide.plan_read(args.mpp, args.tile_size)
     table = tile_slide(slide, TilingConfig(mpp=args.mpp, tile_size_px=args.tile_size))
