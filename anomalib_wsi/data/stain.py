@@ -5,11 +5,12 @@ region, see :func:`reference_images`) and stored as plain data (``as_dict``: a m
 it rides in a checkpoint that ``torch.load(weights_only=True)`` reads. A :class:`StainNormalizer` maps tiles to
 it. The source stain of a slide is estimated once per slide and process, with ``torchstain`` again, from a few of
 its tiles (:meth:`StainNormalizer.fit_slide`), and every tile of that slide then goes through the same colour map,
-applied with OpenCV (Macenko: a 3 x 3 map in optical density, 0.1-0.15 ms per 256 px tile on one CPU core;
-Reinhard: a per-channel affine map in LAB, 0.5-0.9 ms, or 0.1-0.2 ms through a table of all RGB colours once a
-slide has had 256 tiles). Fitting ``torchstain`` to every 256 px tile costs 4-10 ms, ten to twenty times the
-tile's read (0.3-0.5 ms), and estimates stains badly on tiles that hold mostly one of them. On a GPU the Macenko
-map runs on the device instead (:func:`od_maps_on_device`), leaving the loader workers only the reads.
+applied with OpenCV (Macenko: a 3 x 3 map in optical density, computed as one affine map of the logarithms of the
+pixel values, 0.09-0.11 ms per 256 px tile on one CPU core; Reinhard: a per-channel affine map in LAB, 0.5-0.9 ms,
+or 0.1-0.2 ms through a table of all RGB colours once a slide has had 256 tiles). Fitting ``torchstain`` to every
+256 px tile costs 4-10 ms, ten to twenty times the tile's read (0.3-0.5 ms), and estimates stains badly on tiles
+that hold mostly one of them. On a GPU the Macenko map runs on the device instead (:func:`od_maps_on_device`),
+leaving the loader workers only the reads.
 
 A slide whose sample tiles hold almost no stain (background, only pen), or whose fit is not finite, is passed
 through unchanged (and so is a single tile normalised on its own stain, :meth:`StainNormalizer.normalize`,
@@ -318,6 +319,15 @@ class _SourceMap:
     lab_luts: np.ndarray | None = None  # (256, 1, 3) uint8
     mapped: int = 0
     table: np.ndarray | None = field(default=None, repr=False)  # (2**24,) uint32: RGBA of colour R | G<<8 | B<<16
+    log_affine: np.ndarray | None = field(default=None, repr=False)  # (3, 4) float32: log(out) from log(in + 1)
+
+    def __post_init__(self) -> None:
+        if self.od_matrix is not None:
+            # OD_in = log(IO) - log(v + 1), out = IO * exp(-OD_out) = exp(log(IO) - M @ OD_in): one affine map from
+            # log(v + 1) to log(out), with no lookup of OD (a gather, half the map's time) in the pixel loop
+            matrix = self.od_matrix.astype(np.float64)
+            offset = math.log(IO) * (1.0 - matrix.sum(axis=1))
+            self.log_affine = np.hstack([matrix, offset[:, None]]).astype(np.float32)
 
 
 _OD_LUT = (-np.log((np.arange(256, dtype=np.float64) + 1.0) / IO)).astype(np.float32)
@@ -339,7 +349,7 @@ class StainNormalizer:
     lookup instead of two LAB conversions (0.5-0.9 -> 0.1-0.2 ms per 256 px tile on one core), with identical output.
     Building it costs about what mapping those first pixels did (0.5 s), so a slide pays at most twice the best
     possible. Worth it where tiles come slide after slide (prediction), not where they come from many slides at
-    random (training). Macenko's direct map (0.1-0.15 ms) is not: between tile reads its table's lookups, spread
+    random (training). Macenko's direct map (0.09-0.11 ms) is not: between tile reads its table's lookups, spread
     over 64 MiB, measured slower than the map itself.
 
     Args:
@@ -412,12 +422,18 @@ class StainNormalizer:
 
         With ``check_stain`` a tile with almost no stained pixel is left unchanged too (a slide's map is applied
         to all its tiles: background stays near white under it, and one map keeps the slide's colours coherent).
-        ``out`` (uint8, the tile's shape; may be ``tile`` itself) receives the result instead of a new array.
+        ``out`` (uint8 (H, W, 3); may be ``tile`` itself) receives the result, the tile as it is when unchanged.
         """
         self._check_pid()
+        if out is not None and out.shape != (*tile.shape[:2], 3):
+            msg = f"out has shape {out.shape}, the tile {tile.shape}"
+            raise ValueError(msg)
         if source is None or (check_stain and stained_fraction(tile) < MIN_STAINED_FRACTION):
             self.passed_through += 1
-            return tile, False
+            if out is None or out is tile:
+                return tile, False
+            out[...] = tile[..., :3]
+            return out, False
         rgb = tile if tile.shape[-1] == 3 and tile.flags.c_contiguous else np.ascontiguousarray(tile[..., :3])
         if self.colour_table and source.lab_luts is not None:  # Macenko's direct map is nearly as fast
             self._count(source, rgb.size // 3)
@@ -427,14 +443,15 @@ class StainNormalizer:
 
     def _map(self, rgb: np.ndarray, source: _SourceMap, out: np.ndarray | None = None) -> np.ndarray:
         """``rgb`` (uint8 (H, W, 3), contiguous) through the slide's map, computed pixel by pixel."""
-        if source.od_matrix is not None:
-            od, od_out = self._scratch(rgb.shape)  # reused buffers: no page faults for new arrays per tile
-            cv2.LUT(rgb, _OD_LUT, dst=od)
-            cv2.transform(od, -source.od_matrix, dst=od_out)
-            cv2.exp(od_out, dst=od_out)
+        if source.log_affine is not None:
+            log_in, log_out = self._scratch(rgb.shape)  # reused buffers: no page faults for new arrays per tile
+            cv2.add(rgb, (1.0, 1.0, 1.0, 1.0), dst=log_in, dtype=cv2.CV_32F)  # a tuple: every channel
+            cv2.log(log_in, dst=log_in)
+            cv2.transform(log_in, source.log_affine, dst=log_out)
+            cv2.exp(log_out, dst=log_out)  # IO * exp(-OD_out)
             if out is None:
-                return cv2.convertScaleAbs(od_out, alpha=IO)  # IO * exp(-OD), saturated to 0-255
-            cv2.convertScaleAbs(od_out, dst=out, alpha=IO)
+                return cv2.convertScaleAbs(log_out)  # rounded and saturated to 0-255
+            cv2.convertScaleAbs(log_out, dst=out)
             return out
         assert source.lab_luts is not None
         lab = cv2.cvtColor(rgb, cv2.COLOR_RGB2LAB)
@@ -498,8 +515,9 @@ def od_maps_on_device(images_u8: torch.Tensor, od_maps: torch.Tensor) -> torch.T
     """Macenko colour maps applied in torch on the images' device, one 3 x 3 optical-density map per tile.
 
     ``images_u8`` (N, H, W, 3) uint8; ``od_maps`` (N, 3, 3), the :class:`_SourceMap` ``od_matrix`` of each tile's
-    slide, NaN for a tile left as it is. The same arithmetic as the loader workers' map (optical density through
-    a lookup, the 3 x 3 map, ``IO * exp(-OD)`` rounded and saturated to uint8), within one grey level of it.
+    slide, NaN for a tile left as it is. The same map as the loader workers' (optical density through a lookup, the
+    3 x 3 map, ``IO * exp(-OD)`` rounded and saturated to uint8; the workers fold the lookup and ``IO`` into one
+    affine map of ``log(v + 1)``), within one grey level of it.
     """
     maps = od_maps.to(images_u8.device, torch.float32, non_blocking=True)
     keep = ~torch.isfinite(maps).flatten(1).all(1)

@@ -32,6 +32,8 @@ logger = logging.getLogger(__name__)
 
 #: Batches each worker reads ahead (the DataLoader's prefetch factor).
 PREFETCH = 2
+#: What :meth:`TileBatches._read` gives for a tile it could not read.
+_NO_TILE = np.zeros((0, 0, 3), np.uint8)
 
 
 class TileRing:
@@ -162,16 +164,19 @@ class TileBatches(Dataset):
         unchanged = np.zeros(stop - start, dtype=bool)  # tiles the stain normalisation left as they were
         od_maps = np.full((stop - start, 3, 3), np.nan, np.float32) if self.stain_on_device else None
         for row, index in enumerate(range(start, stop)):
-            error = self._read_into(pixels[row], index)
+            tile, error = self._read(index)
             if error:
+                pixels[row] = 0
                 errors[row] = error
-            elif od_maps is not None:
-                source = self._source_map(index)
-                unchanged[row] = source is None or source.od_matrix is None
-                if source is not None and source.od_matrix is not None:
-                    od_maps[row] = source.od_matrix
-            elif self.normalizer is not None:
-                unchanged[row] = not self._normalize(pixels[row], index)
+            elif self.normalizer is not None and od_maps is None:  # straight from the decoded tile into the slot
+                unchanged[row] = not self.normalizer.apply(tile, self._source_map(index), out=pixels[row])[1]
+            else:
+                pixels[row] = tile
+                if od_maps is not None:
+                    source = self._source_map(index)
+                    unchanged[row] = source is None or source.od_matrix is None
+                    if source is not None and source.od_matrix is not None:
+                        od_maps[row] = source.od_matrix
         if self.ring is not None:
             self.ring.stamps[self.ring.slot(batch)] = batch  # after the pixels: the slot now holds this batch
         return {
@@ -191,11 +196,6 @@ class TileBatches(Dataset):
         slide_index = int(self.slide_of[index])
         return self.normalizer.fit_slide(slide_index, lambda: self._source_tiles(slide_index))
 
-    def _normalize(self, tile: np.ndarray, index: int) -> bool:
-        """Stain-normalise ``tile`` (of tile ``index``) in place with its slide's map; False: left unchanged."""
-        assert self.normalizer is not None
-        return self.normalizer.apply(tile, self._source_map(index), out=tile)[1]  # in place, in the ring's slot
-
     def _source_tiles(self, slide_index: int) -> list[np.ndarray]:
         """A few tiles spread over the slide, read as they are (its source stain is estimated from them)."""
         start, stop = int(self.slide_start[slide_index]), int(self.slide_start[slide_index + 1])
@@ -205,26 +205,29 @@ class TileBatches(Dataset):
             handle.read_tile(int(self.xs[start + i]), int(self.ys[start + i]), plan) for i in sample_rows(stop - start)
         ]
 
-    def _read_into(self, out: np.ndarray, index: int) -> str:
-        """Read tile ``index`` into ``out``; zeros and the error message when it cannot be read."""
+    def _read(self, index: int) -> tuple[np.ndarray, str]:
+        """Tile ``index`` as read (uint8 RGB), or an empty array and the error message when it cannot be read."""
         slide_index = int(self.slide_of[index])
         path, mpp, plan = self.slides[slide_index]
         if self._pid != os.getpid():
             self._handles, self._pid = {}, os.getpid()
+        side = self.tile_size_px
         try:
             if slide_index not in self._handles:
                 for handle in self._handles.values():
                     handle.close()
                 self._handles = {slide_index: Slide(path, mpp=mpp)}  # one open slide per worker at a time
-            out[...] = self._handles[slide_index].read_tile(int(self.xs[index]), int(self.ys[index]), plan)
+            tile = self._handles[slide_index].read_tile(int(self.xs[index]), int(self.ys[index]), plan)
+            if tile.shape != (side, side, 3):
+                msg = f"read a {tile.shape} tile, expected ({side}, {side}, 3)"
+                raise ValueError(msg)
         except WSIError as err:
-            out[...] = 0
-            return str(err)
+            return _NO_TILE, str(err)
         except Exception as err:  # anything else a worker meets fails this slide, not the whole run
-            out[...] = 0
             where = f"({self.xs[index]}, {self.ys[index]})"
-            return f"{path}: cannot read the tile at {where} ({type(err).__name__}: {err}); the file may be corrupt"
-        return ""
+            msg = f"{path}: cannot read the tile at {where} ({type(err).__name__}: {err}); the file may be corrupt"
+            return _NO_TILE, msg
+        return tile, ""
 
 
 def read_order(job: SlideJob) -> np.ndarray:

@@ -323,6 +323,7 @@ def test_macenko_on_the_device_equals_the_workers_map_within_one_grey_level(tmp_
     assert difference.max() <= 1  # float rounding at half grey levels
     assert difference.float().mean() < 0.01
     assert torch.equal(mapped[n_tissue:], raw[n_tissue:])  # tiles without a map pass unchanged
+    assert torch.equal(workers["image"][n_tissue:], raw[n_tissue:])  # in the workers too, as read
     with pytest.raises(WSIError, match="Macenko"):
         reinhard = StainReference("reinhard", lab_means=(60.0, 10.0, -10.0), lab_stds=(10.0, 5.0, 5.0))
         TileBatches(jobs, batch_size=8, stain=reinhard, stain_on_device=True)
