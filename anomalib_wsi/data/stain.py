@@ -6,7 +6,7 @@ it rides in a checkpoint that ``torch.load(weights_only=True)`` reads. A :class:
 it. The source stain of a slide is estimated once per slide and process, with ``torchstain`` again, from a few of
 its tiles (:meth:`StainNormalizer.fit_slide`), and every tile of that slide then goes through the same colour map,
 applied with OpenCV (Macenko: a 3 x 3 map in optical density, computed as one affine map of the logarithms of the
-pixel values, 0.09-0.11 ms per 256 px tile on one CPU core; Reinhard: a per-channel affine map in LAB, 0.5-0.9 ms,
+pixel values, 0.09-0.12 ms per 256 px tile on one CPU core; Reinhard: a per-channel affine map in LAB, 0.5-0.9 ms,
 or 0.1-0.2 ms through a table of all RGB colours once a slide has had 256 tiles). Fitting ``torchstain`` to every
 256 px tile costs 4-10 ms, ten to twenty times the tile's read (0.3-0.5 ms), and estimates stains badly on tiles
 that hold mostly one of them. On a GPU the Macenko map runs on the device instead (:func:`od_maps_on_device`),
@@ -349,7 +349,7 @@ class StainNormalizer:
     lookup instead of two LAB conversions (0.5-0.9 -> 0.1-0.2 ms per 256 px tile on one core), with identical output.
     Building it costs about what mapping those first pixels did (0.5 s), so a slide pays at most twice the best
     possible. Worth it where tiles come slide after slide (prediction), not where they come from many slides at
-    random (training). Macenko's direct map (0.09-0.11 ms) is not: between tile reads its table's lookups, spread
+    random (training). Macenko's direct map (0.09-0.12 ms) is not: between tile reads its table's lookups, spread
     over 64 MiB, measured slower than the map itself.
 
     Args:

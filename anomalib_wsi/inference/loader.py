@@ -168,15 +168,16 @@ class TileBatches(Dataset):
             if error:
                 pixels[row] = 0
                 errors[row] = error
-            elif self.normalizer is not None and od_maps is None:  # straight from the decoded tile into the slot
+            elif od_maps is not None:
+                pixels[row] = tile
+                source = self._source_map(index)
+                unchanged[row] = source is None or source.od_matrix is None
+                if source is not None and source.od_matrix is not None:
+                    od_maps[row] = source.od_matrix
+            elif self.normalizer is not None:  # straight from the decoded tile into the slot
                 unchanged[row] = not self.normalizer.apply(tile, self._source_map(index), out=pixels[row])[1]
             else:
                 pixels[row] = tile
-                if od_maps is not None:
-                    source = self._source_map(index)
-                    unchanged[row] = source is None or source.od_matrix is None
-                    if source is not None and source.od_matrix is not None:
-                        od_maps[row] = source.od_matrix
         if self.ring is not None:
             self.ring.stamps[self.ring.slot(batch)] = batch  # after the pixels: the slot now holds this batch
         return {
